@@ -1,0 +1,1 @@
+"""Reading runs back from MLflow for tables and figures."""

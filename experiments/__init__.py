@@ -1,0 +1,1 @@
+"""The shared harness: data, models, losses, the training loop, tracking and the entry point."""

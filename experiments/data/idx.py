@@ -1,0 +1,118 @@
+"""IDX files (LeCun's MNIST format) and the MNIST and Fashion-MNIST datasets stored in it.
+
+IDX layout: a 4-byte magic ``0x00 0x00 <type> <ndim>`` (type ``0x08`` = unsigned byte), then
+``ndim`` big-endian uint32 dimension sizes, then the row-major data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from experiments.data.base import Dataset, classification_dataset, standardize
+from experiments.data.files import default_cache_dir, locate_files
+
+UBYTE = 0x08
+TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
+IDX_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an unsigned-byte IDX file (plain or ``.gz``) into a ``uint8`` array of its shape.
+
+    Raises:
+        ValueError: if the magic number, type or length does not match an IDX ubyte file.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as stream:
+        raw = stream.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != UBYTE:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but holds {data.size} bytes")
+    return data.reshape(shape)
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write a ``uint8`` array as an IDX file (gzip-compressed when ``path`` ends in ``.gz``)."""
+    path = Path(path)
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, UBYTE, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as stream:
+        stream.write(header + array.tobytes())
+
+
+def load_idx_dataset(name: str, files: dict[str, Path]) -> Dataset:
+    """Build a 10-class dataset from the four IDX files.
+
+    Images ``(n, 28, 28)`` become float32 ``(n, 1, 28, 28)``, scaled to [0, 1] and standardised
+    with the training set's mean and std.
+
+    Raises:
+        ValueError: if image and label counts disagree.
+    """
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    x_train, x_test = (
+        arrays[key].astype(np.float32)[:, None] / 255.0 for key in (TRAIN_IMAGES, TEST_IMAGES)
+    )
+    for images, labels in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
+        if len(arrays[images]) != len(arrays[labels]):
+            raise ValueError(f"{name}: {images} and {labels} hold different numbers of examples")
+    x_train, x_test = standardize(x_train, x_test)
+    return classification_dataset(
+        name, x_train, arrays[TRAIN_LABELS], x_test, arrays[TEST_LABELS], num_classes=10
+    )
+
+
+def load_fashion_mnist(root: str | None = None, download: bool = True) -> Dataset:
+    """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 60000 train / 10000 test, 28x28, 10 classes.
+
+    Looks in ``root``, then Debian's ``/usr/share/datasets/fashion-mnist`` (package
+    ``dataset-fashion-mnist``), then the download cache (:func:`default_cache_dir`), and
+    downloads into the cache when ``download`` is true.
+
+    Raises:
+        DataUnavailableError: when no copy is found and none can be downloaded.
+    """
+    files = locate_files(
+        "fashion_mnist",
+        IDX_FILES,
+        [root, DEBIAN_FASHION_MNIST, default_cache_dir() / "fashion_mnist"],
+        FASHION_MNIST_URL,
+        download,
+        fix_hint="`apt-get install dataset-fashion-mnist`, or copy the four IDX files into a "
+        "directory and pass data.root=<that directory>.",
+    )
+    return load_idx_dataset("fashion_mnist", files)
+
+
+def load_mnist(root: str | None = None, download: bool = True) -> Dataset:
+    """MNIST (LeCun et al. 1998): 60000 train / 10000 test, 28x28, 10 classes.
+
+    Looks in ``root``, then the download cache, and downloads into the cache when ``download``.
+
+    Raises:
+        DataUnavailableError: when no copy is found and none can be downloaded.
+    """
+    files = locate_files(
+        "mnist",
+        IDX_FILES,
+        [root, default_cache_dir() / "mnist"],
+        MNIST_URL,
+        download,
+        fix_hint="run once with network access, or copy the four IDX files into a directory "
+        "and pass data.root=<that directory>.",
+    )
+    return load_idx_dataset("mnist", files)

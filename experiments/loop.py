@@ -1,0 +1,138 @@
+"""The shared training loop. It knows nothing method-specific.
+
+Every method sees the same batches in the same order (one seeded generator per run), the same
+budget in epochs and the same evaluation; a method only turns a batch into an update
+(:meth:`methods.base.Method.step`) and reports scalar metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from experiments.data import Dataset, minibatches
+from methods.base import Method
+
+log = logging.getLogger(__name__)
+
+
+class Diverged(RuntimeError):
+    """The training loss (or an evaluation loss) became NaN or infinite.
+
+    Attributes:
+        step: 1-based index of the update whose batch loss was non-finite (for an evaluation
+            loss: the number of updates done when it was measured).
+        value: the offending value.
+        where: ``"train"`` or the evaluated split's name.
+    """
+
+    def __init__(self, step: int, value: float, where: str) -> None:
+        super().__init__(f"{where} loss became {value} at step {step}")
+        self.step, self.value, self.where = step, value, where
+
+
+@torch.no_grad()
+def evaluate(method: Method, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """Example-weighted mean of the loss's metrics over a whole split.
+
+    Args:
+        method: provides the forward pass.
+        x: ``(n, *features)`` inputs.
+        y: targets.
+        batch_size: evaluation batch size (memory only; the result does not depend on it).
+
+    Returns:
+        ``{"loss": ..., "accuracy": ...}`` for classification, ``{"loss": ...}`` for regression.
+    """
+    totals: dict[str, float] = defaultdict(float)
+    for xb, yb in minibatches(x, y, batch_size):
+        for key, value in method.loss.metrics(method.forward(xb), yb).items():
+            totals[key] += value * len(xb)
+    return {key: total / len(x) for key, total in totals.items()}
+
+
+def fit(
+    method: Method,
+    data: Dataset,
+    epochs: int,
+    batch_size: int,
+    eval_batch_size: int,
+    generator: torch.Generator,
+    on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
+    progress: bool | None = None,
+) -> dict[str, float]:
+    """Train ``method`` on ``data`` for ``epochs`` passes and evaluate after each.
+
+    Per epoch, the metrics passed to ``on_epoch(epoch, metrics)`` (epoch is 1-based) are:
+    ``train_<m>`` (example-weighted mean over the epoch's batches of each metric the method
+    returned, measured before each update), ``test_<m>`` and, with a validation split,
+    ``val_<m>`` (after the epoch), ``epoch_seconds`` (wall time of the epoch's updates, excluding
+    evaluation), ``samples_per_second`` and the method's own :meth:`~Method.epoch_metrics`.
+
+    Args:
+        method: the learning rule, built around a model on ``data``'s device.
+        data: the dataset.
+        epochs: number of passes over the training split (>= 1).
+        batch_size: training batch size (>= 1); the last batch of an epoch may be smaller.
+        eval_batch_size: evaluation batch size.
+        generator: seeded CPU generator that shuffles each epoch.
+        on_epoch: called once per epoch with the metrics above.
+        progress: show progress bars; ``None`` shows them only on a terminal.
+
+    Returns:
+        The last epoch's metrics.
+
+    Raises:
+        Diverged: as soon as a training or evaluation loss is NaN or infinite.
+    """
+    metrics: dict[str, float] = {}
+    step = 0
+    disable = None if progress is None else not progress
+    n_batches = math.ceil(len(data.x_train) / batch_size)
+    for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=disable, unit="epoch"):
+        sums: dict[str, float] = defaultdict(float)
+        start = time.perf_counter()
+        batches = minibatches(data.x_train, data.y_train, batch_size, generator)
+        for x, y in tqdm(
+            batches,
+            total=n_batches,
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=disable,
+            unit="batch",
+        ):
+            step += 1
+            batch_metrics = method.step(x, y)
+            loss = float(batch_metrics["loss"])
+            if not math.isfinite(loss):
+                raise Diverged(step, loss, "train")
+            for key, value in batch_metrics.items():
+                sums[key] += float(value) * len(x)
+        if data.x_train.is_cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        metrics = {f"train_{key}": total / len(data.x_train) for key, total in sums.items()}
+        splits = {"test": (data.x_test, data.y_test)}
+        if data.x_val is not None:
+            splits["val"] = (data.x_val, data.y_val)
+        for split, (x_split, y_split) in splits.items():
+            result = evaluate(method, x_split, y_split, eval_batch_size)
+            if not math.isfinite(result["loss"]):
+                raise Diverged(step, result["loss"], split)
+            metrics.update({f"{split}_{key}": value for key, value in result.items()})
+        metrics["epoch_seconds"] = seconds
+        metrics["samples_per_second"] = len(data.x_train) / max(seconds, 1e-9)
+        metrics.update(method.epoch_metrics())
+        method.on_epoch_end(epoch)
+        log.info(
+            "epoch %d/%d %s", epoch, epochs, " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return metrics

@@ -1,0 +1,207 @@
+"""Hydra entry point of every training job: ``python -m experiments.train [overrides]``.
+
+One job = validate the config, seed everything, build data / model / method from the config,
+train with the shared loop (:func:`experiments.loop.fit`) and track it in one MLflow run.
+``python -m experiments.train -m key=a,b`` runs a sweep; its jobs share one parent MLflow run.
+
+Failure handling:
+
+* a bad config, or data that cannot be found, stops the job before any run is created, with a
+  single ``error: <key>: <why>`` line on stderr (exit status 2);
+* a NaN/Inf loss ends the run as ``FAILED`` with a ``diverged_at_step`` metric and a
+  ``failure_reason`` tag, and the job returns normally so a multirun goes on;
+* Ctrl-C or SIGTERM ends the run as ``KILLED``; everything logged before stays in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.data import Dataset, DataUnavailableError, carve_validation
+from experiments.loop import Diverged, fit
+from experiments.losses import loss_for_task
+from experiments.tracking import RunTracker
+from experiments.validation import ConfigError, resolve_device, validate_config
+from methods import MethodConfigError, build_method
+
+log = logging.getLogger(__name__)
+
+# Keys consumed by the harness, not passed to a loader / builder.
+DATA_HARNESS_KEYS = ("name", "val_fraction", "split_seed")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return the generator that shuffles batches.
+
+    Args:
+        seed: non-negative integer.
+        deterministic: also ask torch for deterministic kernels (``cudnn.benchmark`` off).
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    return torch.Generator().manual_seed(seed)
+
+
+def _options(node: DictConfig, exclude: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in exclude}
+
+
+def load_data(cfg: DictConfig) -> Dataset:
+    """Load ``cfg.data`` through its ``_target_`` loader and carve the validation split.
+
+    Raises:
+        ConfigError: if the loader rejects its options.
+        DataUnavailableError: if the files are missing and cannot be downloaded.
+    """
+    options = _options(cfg.data, DATA_HARNESS_KEYS)
+    try:
+        dataset = instantiate(options)
+    except DataUnavailableError:
+        raise
+    except Exception as error:
+        cause = error.__cause__ or error
+        if isinstance(cause, DataUnavailableError):
+            raise cause from None
+        raise ConfigError(f"data ({cfg.data.name}): {cause}") from None
+    try:
+        return carve_validation(dataset, cfg.data.val_fraction, cfg.data.split_seed)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def build_model(cfg: DictConfig, data: Dataset) -> torch.nn.Module:
+    """Build ``cfg.model`` through its ``_target_`` for ``data``'s input and output sizes.
+
+    Raises:
+        ConfigError: if the builder rejects its options (the message names the key).
+    """
+    options = _options(cfg.model, ("name",))
+    try:
+        return instantiate(options, input_size=data.input_size, output_size=data.num_outputs)
+    except Exception as error:
+        cause = error.__cause__ or error
+        raise ConfigError(str(cause) if "model." in str(cause) else f"model: {cause}") from None
+
+
+def _hydra_info() -> dict[str, Any]:
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
+    output_dir = hydra_cfg.runtime.output_dir
+    return {
+        "overrides": list(hydra_cfg.overrides.task),
+        "sweep_dir": str(hydra_cfg.sweep.dir) if multirun else None,
+        "output_dir": output_dir,
+        "log_file": os.path.join(output_dir, f"{hydra_cfg.job.name}.log") if output_dir else None,
+        "job_num": str(hydra_cfg.job.num) if multirun else None,
+    }
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM (e.g. a SLURM pre-emption) into ``KeyboardInterrupt`` while training."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. a launcher's worker thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Run one training job described by a composed config.
+
+    Returns:
+        The last epoch's metrics, or ``{"diverged_at_step": step}`` for a diverged run.
+
+    Raises:
+        ConfigError: invalid config (before any run is created).
+        DataUnavailableError: missing data (before any run is created).
+        KeyboardInterrupt: re-raised after the run was marked ``KILLED``.
+    """
+    validate_config(cfg)
+    device = resolve_device(cfg.device)
+    generator = seed_everything(cfg.seed, cfg.deterministic)
+    data = load_data(cfg).to(device)
+    torch.manual_seed(cfg.seed)  # model init must not depend on how the loader used the RNG
+    model = build_model(cfg, data).to(device)
+    loss = loss_for_task(data.task)
+    try:
+        method = build_method(cfg.method.name, model, loss, _options(cfg.method, ("name",)))
+    except MethodConfigError as error:
+        raise ConfigError(str(error)) from None
+    info = _hydra_info()
+    tags = {
+        "method": cfg.method.name,
+        "data": cfg.data.name,
+        "model": cfg.model.name,
+        "seed": str(cfg.seed),
+        "device": str(device),
+        "run_name": cfg.mlflow.run_name or f"{cfg.method.name}-{cfg.data.name}-seed{cfg.seed}",
+    }
+    if info.get("job_num") is not None:
+        tags["hydra_job_num"] = info["job_num"]
+    log.info(
+        "training %s on %s (%s) for %d epochs on %s",
+        cfg.method.name,
+        cfg.data.name,
+        cfg.model.name,
+        cfg.train.epochs,
+        device,
+    )
+    with _sigterm_as_interrupt(), RunTracker(cfg, tags, info) as tracker:
+        try:
+            return fit(
+                method,
+                data,
+                epochs=cfg.train.epochs,
+                batch_size=cfg.train.batch_size,
+                eval_batch_size=cfg.train.eval_batch_size,
+                generator=generator,
+                on_epoch=lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch),
+            )
+        except Diverged as error:
+            log.error("run diverged: %s", error)
+            tracker.mark_diverged(error.step, str(error))
+            return {"diverged_at_step": float(error.step)}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict[str, float]:
+    """Hydra entry point; see the module docstring for the failure behaviour."""
+    try:
+        return run(cfg)
+    except (ConfigError, DataUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Early configuration checks: a bad config fails before any data is loaded or run is created.
+
+Every error is a :class:`ConfigError` whose message starts with the offending key, e.g.
+``train.batch_size: must be an integer >= 1, got 0``; the entry point prints it as one line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _require_int(cfg: DictConfig, key: str, minimum: int) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not _is_int(value) or value < minimum:
+        raise ConfigError(f"{key}: must be an integer >= {minimum}, got {value!r}")
+
+
+def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """Yield ``(dotted key, value)`` for every leaf of a nested dict/list container."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{prefix}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk(value, f"{prefix}[{index}]")
+    else:
+        yield prefix, node
+
+
+def _check_optimizer_values(method: dict[str, Any]) -> None:
+    """Learning rates > 0, weight decay >= 0 and momentum in [0, 1] anywhere under ``method``."""
+    for key, value in _walk(method, "method"):
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf in ("lr", "weight_decay", "momentum") and not (
+            _is_number(value) and math.isfinite(value)
+        ):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        if leaf == "lr" and value <= 0:
+            raise ConfigError(f"{key}: learning rate must be > 0, got {value!r}")
+        if leaf == "weight_decay" and value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value!r}")
+        if leaf == "momentum" and not 0 <= value <= 1:
+            raise ConfigError(f"{key}: must lie in [0, 1], got {value!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` into a device.
+
+    Raises:
+        ConfigError: for an unknown name, or CUDA requested on a machine without it.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ConfigError(f"device: must be one of {', '.join(DEVICES)} or cuda:N, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available; use device=auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"device: {error}") from None
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check a composed run config before anything is built.
+
+    Raises:
+        ConfigError: on a missing mandatory value (``???``), a broken interpolation, an unknown
+            method or method option, or an out-of-range value; the message names the key.
+    """
+    from methods import MethodConfigError, check_method_options
+
+    top = {key: cfg[key] for key in cfg if key != "hydra"} if "hydra" in cfg else cfg
+    top = OmegaConf.create(top) if isinstance(top, dict) else top
+    missing = sorted(OmegaConf.missing_keys(top))
+    if missing:
+        raise ConfigError(f"{missing[0]}: missing mandatory value (set it with {missing[0]}=...)")
+    try:
+        OmegaConf.to_container(top, resolve=True)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {error.msg if hasattr(error, 'msg') else error}") from None
+    for group in ("method", "model", "data", "train", "mlflow"):
+        if not isinstance(cfg.get(group), DictConfig):
+            raise ConfigError(f"{group}: missing config group (choose one with {group}=...)")
+    _require_int(cfg, "seed", 0)
+    resolve_device(str(cfg.device))
+    for key in ("train.epochs", "train.batch_size", "train.eval_batch_size"):
+        _require_int(cfg, key, 1)
+    hidden = OmegaConf.select(cfg, "model.hidden_sizes")
+    if hidden is not None and (len(hidden) == 0 or not all(_is_int(h) and h >= 1 for h in hidden)):
+        raise ConfigError(
+            f"model.hidden_sizes: must be a non-empty list of positive integers, got "
+            f"{OmegaConf.to_container(hidden) if hasattr(hidden, '__len__') else hidden!r}"
+        )
+    fraction = OmegaConf.select(cfg, "data.val_fraction", default=0.0)
+    if not _is_number(fraction) or not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: must lie in [0, 1), got {fraction!r}")
+    if not OmegaConf.select(cfg, "mlflow.experiment_name"):
+        raise ConfigError("mlflow.experiment_name: must be a non-empty string")
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    name = method.pop("name", None)
+    if not name:
+        raise ConfigError("method.name: missing (every conf/method/*.yaml sets it)")
+    try:
+        check_method_options(name, method)
+    except MethodConfigError as error:
+        raise ConfigError(str(error)) from None
+    _check_optimizer_values(method)

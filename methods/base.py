@@ -1,0 +1,220 @@
+"""The contract every learning rule implements, and the registry that selects one by name.
+
+A *method* owns a model's parameters, its auxiliary modules (inverses, synthetic-gradient
+modules, feedback weights, ...) and all of its optimisers. The shared training loop only ever
+calls :meth:`Method.step` on a batch and :meth:`Method.forward` for evaluation, so it never needs
+to know which rule is training the network.
+
+Each step is split in two so that diagnostics can inspect a method's update without knowing the
+method:
+
+1. :meth:`Method.compute_update` writes the method's update *direction* for every model
+   parameter into ``param.grad`` (the true gradient for backprop, a pseudo-gradient for the
+   alternatives: the sign convention is that of a gradient, i.e. the optimiser moves against it);
+2. :meth:`Method.apply_update` lets the configured optimiser apply it.
+
+Comparing ``param.grad`` after step 1 with the backprop gradient on the same batch gives the
+alignment angle of Meulemans et al. (2020, Sec. 5) for any method.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from experiments.losses import Loss
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+class MethodConfigError(ValueError):
+    """A method was asked for by an unknown name or with options it does not accept."""
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator that makes a :class:`Method` selectable as ``method=<name>``.
+
+    Args:
+        name: the name used in ``conf/method/<name>.yaml`` (its ``name:`` key).
+
+    Raises:
+        ValueError: if ``name`` is already registered to a different class.
+    """
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(f"method name {name!r} is already registered to {existing!r}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def available_methods() -> list[str]:
+    """Return the sorted names of all registered methods."""
+    return sorted(_REGISTRY)
+
+
+def get_method_class(name: str) -> type[Method]:
+    """Look a method class up by its registered name.
+
+    Raises:
+        MethodConfigError: if no method of that name is registered; the message lists the
+            registered names.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise MethodConfigError(
+            f"method.name: unknown method {name!r}; registered methods: "
+            f"{', '.join(available_methods())}"
+        ) from None
+
+
+def check_method_options(name: str, options: Mapping[str, Any]) -> None:
+    """Check that ``options`` are keyword arguments accepted by method ``name``'s constructor.
+
+    Raises:
+        MethodConfigError: naming the first unknown option and listing the accepted ones.
+    """
+    cls = get_method_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p in params if p not in ("self", "model", "loss")]
+    for key in options:
+        if key not in accepted:
+            raise MethodConfigError(
+                f"method.{key}: method {name!r} has no option {key!r}; "
+                f"its options are: {', '.join(accepted) or '(none)'}"
+            )
+
+
+def build_method(name: str, model: nn.Module, loss: Loss, options: Mapping[str, Any]) -> Method:
+    """Instantiate the method registered as ``name`` around ``model``.
+
+    Args:
+        name: registered method name.
+        model: the network to train, already on its device.
+        loss: the task loss, shared with evaluation.
+        options: the method's hyperparameters (the method config without ``name``).
+
+    Raises:
+        MethodConfigError: unknown name or unknown option.
+    """
+    check_method_options(name, options)
+    return get_method_class(name)(model=model, loss=loss, **dict(options))
+
+
+def make_optimizer(
+    params: Iterator[nn.Parameter] | list[nn.Parameter], config: Mapping[str, Any]
+) -> torch.optim.Optimizer:
+    """Build a ``torch.optim`` optimiser from a Hydra-style config.
+
+    Args:
+        params: the parameters it will update.
+        config: ``{"_target_": "torch.optim.Adam", "lr": 1e-3, ...}``; any optimiser class
+            importable by dotted path works.
+
+    Raises:
+        MethodConfigError: if ``_target_`` is missing, cannot be imported, is not an optimiser,
+            or the optimiser rejects the given keyword arguments.
+    """
+    from hydra.utils import get_class
+
+    options = dict(config)
+    target = options.pop("_target_", None)
+    options.pop("_partial_", None)
+    if not target:
+        raise MethodConfigError("optimizer._target_ is missing (e.g. torch.optim.Adam)")
+    try:
+        cls = get_class(target)
+    except Exception as error:  # Hydra wraps ImportError in its own exception types.
+        raise MethodConfigError(f"optimizer._target_: cannot import {target!r}") from error
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise MethodConfigError(f"optimizer._target_: {target!r} is not a torch optimiser")
+    try:
+        return cls(list(params), **options)
+    except (TypeError, ValueError) as error:
+        raise MethodConfigError(f"optimizer ({target}): {error}") from error
+
+
+class Method(ABC):
+    """Base class of a learning rule.
+
+    Subclasses implement :meth:`compute_update`; most also create ``self.optimizer`` for the
+    model's parameters (with :func:`make_optimizer`) and inherit :meth:`apply_update`.
+
+    Attributes:
+        name: the registered name (set by :func:`register_method`).
+        model: the network being trained; its ``forward`` maps ``(batch, *features)`` to
+            ``(batch, outputs)``.
+        loss: the task loss.
+        optimizer: the optimiser that applies the update written into ``.grad``, or ``None``.
+    """
+
+    name: ClassVar[str] = "abstract"
+
+    def __init__(self, model: nn.Module, loss: Loss) -> None:
+        self.model = model
+        self.loss = loss
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's first parameter."""
+        return next(self.model.parameters()).device
+
+    @abstractmethod
+    def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Write this method's update direction for each model parameter into ``param.grad``.
+
+        Auxiliary modules (inverses, synthetic-gradient modules, ...) may be trained here; the
+        model's own parameters must not change until :meth:`apply_update`.
+
+        Args:
+            x: inputs, ``(batch, *features)``.
+            y: targets, ``(batch,)`` class indices or ``(batch, outputs)`` regression targets.
+
+        Returns:
+            Scalar metrics of this batch. ``"loss"`` (the task loss before the update) is
+            required; the loop checks it for divergence and averages it into ``train_loss``.
+        """
+
+    def apply_update(self) -> None:
+        """Apply the update written by :meth:`compute_update` with ``self.optimizer``."""
+        if self.optimizer is not None:
+            self.optimizer.step()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Perform one full training update on a batch; returns :meth:`compute_update`'s metrics."""
+        self.model.train()
+        metrics = self.compute_update(x, y)
+        self.apply_update()
+        return metrics
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluate the model: ``(batch, *features) -> (batch, outputs)``, no gradients kept."""
+        self.model.eval()
+        return self.model(x)
+
+    def zero_grad(self) -> None:
+        """Clear ``.grad`` of every model parameter (set to ``None``)."""
+        for param in self.model.parameters():
+            param.grad = None
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Method-specific scalars to log once per epoch (e.g. inverse losses); empty by default."""
+        return {}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Hook called by the loop after each epoch (1-based) for schedules; no-op by default."""
+        return

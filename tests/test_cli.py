@@ -1,0 +1,113 @@
+"""The command line as a user runs it: errors, sweeps, divergence inside a sweep, Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def train(tmp_path, tracking_uri, *args, experiment, timeout=300, **popen):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        *args,
+        f"mlflow.experiment_name={experiment}",
+        f"hydra.run.dir={tmp_path}/run",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]
+    if popen:
+        return subprocess.Popen(command, cwd=tmp_path, env=env, **popen)
+    return subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def finished_runs(tracking_uri, experiment):
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def test_unknown_method_lists_the_options(tmp_path, tracking_uri):
+    result = train(tmp_path, tracking_uri, "method=nope", experiment="cli_unknown")
+    assert result.returncode != 0
+    assert "Could not find 'method/nope'" in result.stderr
+    assert "backprop" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_typo_in_a_key_is_named(tmp_path, tracking_uri):
+    result = train(tmp_path, tracking_uri, "train.epoch=3", experiment="cli_typo")
+    assert result.returncode != 0
+    assert "train.epoch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_value_is_one_line_naming_the_key(tmp_path, tracking_uri):
+    result = train(tmp_path, tracking_uri, "train.batch_size=0", experiment="cli_bad")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: train.batch_size: must be an integer >= 1, got 0"]
+    assert "Traceback" not in result.stderr
+
+
+def test_sweep_groups_runs_and_survives_a_diverging_job(tmp_path, tracking_uri):
+    result = train(
+        tmp_path,
+        tracking_uri,
+        "-m",
+        "data=digits",
+        "train.epochs=2",
+        "seed=0,1",
+        "method.optimizer._target_=torch.optim.SGD",
+        "method.optimizer.lr=1e12,0.05",
+        experiment="cli_sweep",
+    )
+    assert result.returncode == 0, result.stderr
+    runs = finished_runs(tracking_uri, "cli_sweep")
+    jobs = [r for r in runs if r.data.tags.get("role") == "job"]
+    [parent] = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    assert len(jobs) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
+    by_lr = {(r.data.params["method.optimizer.lr"], r.data.tags["seed"]): r for r in jobs}
+    for seed in "01":
+        diverged, healthy = by_lr[("1000000000000.0", seed)], by_lr[("0.05", seed)]
+        assert diverged.info.status == "FAILED" and "diverged_at_step" in diverged.data.metrics
+        assert healthy.info.status == "FINISHED" and healthy.data.metrics["test_accuracy"] > 0.5
+
+
+def test_ctrl_c_marks_the_run_killed_and_keeps_metrics(tmp_path, tracking_uri):
+    process = train(
+        tmp_path,
+        tracking_uri,
+        "data=digits",
+        "train.epochs=100000",
+        experiment="cli_sigint",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        client = mlflow.MlflowClient(tracking_uri)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"the job exited early with status {process.returncode}")
+            runs = finished_runs(tracking_uri, "cli_sigint")
+            if runs and client.get_metric_history(runs[0].info.run_id, "test_loss"):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the job logged no epoch within 120 s")
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    [run] = finished_runs(tracking_uri, "cli_sigint")
+    assert run.info.status == "KILLED"
+    assert client.get_metric_history(run.info.run_id, "test_loss")

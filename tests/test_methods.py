@@ -1,0 +1,114 @@
+"""The method contract, the registry and the two backprop methods."""
+
+import pytest
+import torch
+
+from experiments.losses import CrossEntropy, MeanSquaredError
+from experiments.models import MLP
+from methods import (
+    Method,
+    MethodConfigError,
+    available_methods,
+    build_method,
+    get_method_class,
+    make_optimizer,
+)
+
+SGD = {"_target_": "torch.optim.SGD", "lr": 0.1}
+
+
+def tiny_problem(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    model = MLP(5, [6, 4], 3, activation="tanh").to(dtype)
+    x = torch.randn(8, 5, dtype=dtype)
+    y = torch.randint(0, 3, (8,))
+    return model, x, y
+
+
+def test_registry_lists_and_finds_methods():
+    assert {"backprop", "numpy_backprop"} <= set(available_methods())
+    assert get_method_class("backprop").name == "backprop"
+    with pytest.raises(MethodConfigError, match="unknown method 'nope'.*backprop"):
+        get_method_class("nope")
+
+
+def test_unknown_method_option_is_named():
+    model, _, _ = tiny_problem()
+    with pytest.raises(MethodConfigError, match="method.lr: method 'backprop' has no option"):
+        build_method("backprop", model, CrossEntropy(), {"optimizer": SGD, "lr": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"lr": 0.1}, "_target_ is missing"),
+        ({"_target_": "torch.optim.Adamm", "lr": 0.1}, "cannot import"),
+        ({"_target_": "torch.nn.Linear"}, "not a torch optimiser"),
+        ({"_target_": "torch.optim.SGD", "lr": -1.0}, "Invalid learning rate"),
+    ],
+)
+def test_make_optimizer_errors(config, message):
+    model, _, _ = tiny_problem()
+    with pytest.raises(MethodConfigError, match=message):
+        make_optimizer(model.parameters(), config)
+
+
+def test_backprop_grad_is_inspectable_before_the_update_and_equals_autograd():
+    model, x, y = tiny_problem()
+    method = build_method("backprop", model, CrossEntropy(), {"optimizer": SGD})
+    before = [p.detach().clone() for p in model.parameters()]
+    reference = torch.autograd.grad(CrossEntropy()(model(x), y), list(model.parameters()))
+    metrics = method.compute_update(x, y)
+    for p, b, g in zip(model.parameters(), before, reference):
+        torch.testing.assert_close(p, b)  # nothing applied yet
+        torch.testing.assert_close(p.grad, g)
+    method.apply_update()
+    for p, b, g in zip(model.parameters(), before, reference):
+        torch.testing.assert_close(p, b - 0.1 * g)  # plain SGD step
+    assert metrics["loss"] == pytest.approx(CrossEntropy()(model_from(before, model)(x), y).item())
+
+
+def model_from(params, like):
+    clone = MLP(like.input_size, like.hidden_sizes, like.output_size, like.activation_name)
+    with torch.no_grad():
+        for p, v in zip(clone.parameters(), params):
+            p.copy_(v)
+    return clone
+
+
+def test_step_lowers_the_loss():
+    model, x, y = tiny_problem()
+    method = build_method("backprop", model, CrossEntropy(), {"optimizer": SGD})
+    first = method.step(x, y)["loss"]
+    for _ in range(20):
+        last = method.step(x, y)["loss"]
+    assert last < first
+
+
+@pytest.mark.parametrize("loss", [CrossEntropy(), MeanSquaredError()])
+def test_numpy_backprop_writes_the_same_gradient_as_backprop(loss):
+    model_a, x, y = tiny_problem(torch.float64, seed=1)
+    model_b, _, _ = tiny_problem(torch.float64, seed=1)
+    if isinstance(loss, MeanSquaredError):
+        y = torch.randn(8, 3, dtype=torch.float64)
+    a = build_method("backprop", model_a, loss, {"optimizer": SGD})
+    b = build_method("numpy_backprop", model_b, loss, {"optimizer": SGD})
+    for _ in range(3):  # several steps: the parameters stay equal too
+        ma, mb = a.compute_update(x, y), b.compute_update(x, y)
+        assert ma["loss"] == pytest.approx(mb["loss"], rel=1e-12)
+        for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+            torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-10, atol=1e-14)
+        a.apply_update()
+        b.apply_update()
+
+
+def test_forward_is_eval_mode_without_grad():
+    model, x, _ = tiny_problem()
+    method = build_method("backprop", model, CrossEntropy(), {"optimizer": SGD})
+    out = method.forward(x)
+    assert out.shape == (8, 3) and not out.requires_grad and not model.training
+
+
+def test_method_is_abstract():
+    with pytest.raises(TypeError):
+        Method(MLP(1, [1], 1), CrossEntropy())
