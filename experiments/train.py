@@ -178,7 +178,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     )
     with _sigterm_as_interrupt(), RunTracker(cfg, tags, info) as tracker:
         try:
-            return fit(
+            final = fit(
                 method,
                 data,
                 epochs=cfg.train.epochs,
@@ -191,6 +191,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
             log.error("run diverged: %s", error)
             tracker.mark_diverged(error.step, str(error))
             return {"diverged_at_step": float(error.step)}
+    summary = " ".join(f"{k}={v:.4g}" for k, v in final.items() if k.startswith(("test_", "val_")))
+    log.info(
+        "done: %s (MLflow run %s, experiment %r)",
+        summary,
+        tracker.run_id,
+        cfg.mlflow.experiment_name,
+    )
+    return final
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

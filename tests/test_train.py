@@ -1,6 +1,7 @@
 """End-to-end training jobs on tiny budgets, read back from MLflow."""
 
 import math
+import os
 
 import mlflow
 import pytest
@@ -170,3 +171,26 @@ def test_interrupted_run_is_killed_and_keeps_its_metrics(make_config):
     assert logged.info.status == "KILLED"
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
     assert [m.step for m in client.get_metric_history(logged.info.run_id, "test_loss")] == [1]
+
+
+DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "threshold"),
+    [
+        ("mnist1d", 0.60),  # the MNIST-1D paper's MLP: 65-68%
+        ("digits", 0.95),
+        pytest.param(
+            "fashion_mnist",
+            0.85,
+            marks=pytest.mark.skipif(
+                not os.path.exists(DEBIAN_FASHION), reason="needs Debian's dataset-fashion-mnist"
+            ),
+        ),
+    ],
+)
+def test_default_budget_reaches_the_target_accuracy(make_config, dataset, threshold):
+    """The README's claims: backprop with the default MLP and budget, seed 0."""
+    final = run(make_config(f"data={dataset}"))
+    assert final["test_accuracy"] >= threshold

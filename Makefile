@@ -1,0 +1,43 @@
+# backprop-bench: every target installs what it needs into .venv first (Python 3.11 is enough).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of this version is on local disk on the project's machines; on a CUDA machine pip
+# takes the CUDA build of the same version.
+TORCH_VERSION ?= 2.13.0
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install train test lint format data ui clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed ## Create .venv with torch, the project and its test tools
+
+train: install ## The main job (ARGS="data=digits ..." adds Hydra overrides)
+	$(BIN)/python -m experiments.train $(ARGS)
+
+test: install ## The whole test suite
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+data: ## Real Fashion-MNIST from Debian's dataset-fashion-mnist (needs root)
+	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+
+ui: install ## Browse every run in the MLflow UI at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean: ## Remove the virtual environment and caches (keeps mlflow.db and outputs)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
