@@ -29,12 +29,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _require_int(cfg: DictConfig, key: str, minimum: int) -> None:
-    value = OmegaConf.select(cfg, key)
-    if not _is_int(value) or value < minimum:
-        raise ConfigError(f"{key}: must be an integer >= {minimum}, got {value!r}")
-
-
 def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
     """Yield ``(dotted key, value)`` for every leaf of a nested dict/list container."""
     if isinstance(node, dict):
@@ -81,44 +75,59 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device: {error}") from None
 
 
+def _get(plain: dict[str, Any], key: str, default: Any = None) -> Any:
+    node: Any = plain
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _require_int(plain: dict[str, Any], key: str, minimum: int) -> None:
+    value = _get(plain, key)
+    if not _is_int(value) or value < minimum:
+        raise ConfigError(f"{key}: must be an integer >= {minimum}, got {value!r}")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check a composed run config before anything is built.
 
     Raises:
-        ConfigError: on a missing mandatory value (``???``), a broken interpolation, an unknown
-            method or method option, or an out-of-range value; the message names the key.
+        ConfigError: on a missing mandatory value (``???``), a broken interpolation, a missing
+            group, an unknown method or method option, or an out-of-range value; the message
+            starts with the key.
     """
     from methods import MethodConfigError, check_method_options
 
-    top = {key: cfg[key] for key in cfg if key != "hydra"} if "hydra" in cfg else cfg
-    top = OmegaConf.create(top) if isinstance(top, dict) else top
-    missing = sorted(OmegaConf.missing_keys(top))
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
         raise ConfigError(f"{missing[0]}: missing mandatory value (set it with {missing[0]}=...)")
     try:
-        OmegaConf.to_container(top, resolve=True)
+        plain = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or "config"
-        raise ConfigError(f"{key}: {error.msg if hasattr(error, 'msg') else error}") from None
+        raise ConfigError(f"{getattr(error, 'full_key', None) or 'config'}: {error}") from None
+    plain.pop("hydra", None)
     for group in ("method", "model", "data", "train", "mlflow"):
-        if not isinstance(cfg.get(group), DictConfig):
+        if not isinstance(plain.get(group), dict):
             raise ConfigError(f"{group}: missing config group (choose one with {group}=...)")
-    _require_int(cfg, "seed", 0)
-    resolve_device(str(cfg.device))
+    _require_int(plain, "seed", 0)
+    resolve_device(str(plain.get("device")))
     for key in ("train.epochs", "train.batch_size", "train.eval_batch_size"):
-        _require_int(cfg, key, 1)
-    hidden = OmegaConf.select(cfg, "model.hidden_sizes")
-    if hidden is not None and (len(hidden) == 0 or not all(_is_int(h) and h >= 1 for h in hidden)):
+        _require_int(plain, key, 1)
+    hidden = _get(plain, "model.hidden_sizes")
+    if "hidden_sizes" in plain["model"] and not (
+        isinstance(hidden, list) and hidden and all(_is_int(h) and h >= 1 for h in hidden)
+    ):
         raise ConfigError(
-            f"model.hidden_sizes: must be a non-empty list of positive integers, got "
-            f"{OmegaConf.to_container(hidden) if hasattr(hidden, '__len__') else hidden!r}"
+            f"model.hidden_sizes: must be a non-empty list of positive integers, got {hidden!r}"
         )
-    fraction = OmegaConf.select(cfg, "data.val_fraction", default=0.0)
+    fraction = _get(plain, "data.val_fraction", 0.0)
     if not _is_number(fraction) or not 0.0 <= fraction < 1.0:
         raise ConfigError(f"data.val_fraction: must lie in [0, 1), got {fraction!r}")
-    if not OmegaConf.select(cfg, "mlflow.experiment_name"):
+    if not _get(plain, "mlflow.experiment_name"):
         raise ConfigError("mlflow.experiment_name: must be a non-empty string")
-    method = OmegaConf.to_container(cfg.method, resolve=True)
+    method = dict(plain["method"])
     name = method.pop("name", None)
     if not name:
         raise ConfigError("method.name: missing (every conf/method/*.yaml sets it)")

@@ -1,0 +1,84 @@
+"""Read training runs back from MLflow into pandas tables.
+
+Two views of an experiment:
+
+* :func:`load_runs`: one row per job run, with its status, tags, params and final metrics;
+* :func:`load_histories`: one row per (run, metric, epoch), the long format seaborn plots from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from experiments.tracking import ROLE_TAG, make_client
+
+RUN_COLUMNS = ("run_id", "status", "method", "data", "model", "seed")
+
+
+def load_runs(tracking_uri: str, experiment_name: str, filter_string: str = "") -> pd.DataFrame:
+    """Job runs of one experiment (sweep parent runs excluded), newest first.
+
+    Args:
+        tracking_uri: MLflow store, e.g. ``sqlite:///mlflow.db``.
+        experiment_name: the ``mlflow.experiment_name`` the runs were logged under.
+        filter_string: an extra MLflow search filter, e.g. ``"tags.method = 'backprop'"``.
+
+    Returns:
+        Columns ``run_id, status, method, data, model, seed`` (seed as int), then
+        ``param.<key>`` for every param and ``<metric>`` for each metric's last value.
+        Empty (with those first columns) if the experiment does not exist.
+    """
+    client = make_client(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return pd.DataFrame(columns=list(RUN_COLUMNS))
+    role = f"tags.{ROLE_TAG} = 'job'"
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"{role} and {filter_string}" if filter_string else role,
+        max_results=50_000,
+    )
+    rows = []
+    for run in runs:
+        tags = run.data.tags
+        row = {
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            **{key: tags.get(key) for key in ("method", "data", "model")},
+            "seed": int(tags["seed"]) if "seed" in tags else None,
+        }
+        row.update({f"param.{k}": v for k, v in run.data.params.items()})
+        row.update(run.data.metrics)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else list(RUN_COLUMNS))
+
+
+def load_histories(tracking_uri: str, runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Per-epoch values of ``metrics`` for every run in ``runs`` (a :func:`load_runs` table).
+
+    Returns:
+        Long format: ``run_id, method, data, model, seed, metric, epoch, value``, sorted by run,
+        metric and epoch. Metrics a run never logged are simply absent.
+    """
+    client = make_client(tracking_uri)
+    rows = []
+    for run in runs.itertuples(index=False):
+        for metric in metrics:
+            for point in client.get_metric_history(run.run_id, metric):
+                rows.append(
+                    {
+                        "run_id": run.run_id,
+                        "method": run.method,
+                        "data": run.data,
+                        "model": run.model,
+                        "seed": run.seed,
+                        "metric": metric,
+                        "epoch": point.step,
+                        "value": point.value,
+                    }
+                )
+    columns = ["run_id", "method", "data", "model", "seed", "metric", "epoch", "value"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(["run_id", "metric", "epoch"], ignore_index=True)

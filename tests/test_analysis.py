@@ -1,0 +1,27 @@
+"""Runs read back from MLflow equal what the training jobs returned."""
+
+import pytest
+
+from analysis.runs import load_histories, load_runs
+from experiments.train import run
+
+
+def test_tables_match_the_jobs(make_config, tracking_uri):
+    finals = {
+        seed: run(make_config("data=digits", "train.epochs=2", f"seed={seed}")) for seed in (0, 1)
+    }
+    experiment = make_config().mlflow.experiment_name
+    runs = load_runs(tracking_uri, experiment)
+    assert sorted(runs["seed"]) == [0, 1] and set(runs["status"]) == {"FINISHED"}
+    for row in runs.itertuples():
+        assert row.test_accuracy == pytest.approx(finals[row.seed]["test_accuracy"])
+    assert set(runs["param.train.epochs"]) == {"2"}
+    history = load_histories(tracking_uri, runs, ["test_loss", "train_loss"])
+    assert len(history) == 2 * 2 * 2  # runs x metrics x epochs
+    last = history[(history.metric == "test_loss") & (history.epoch == 2)]
+    for row in last.itertuples():
+        assert row.value == pytest.approx(finals[row.seed]["test_loss"])
+
+
+def test_missing_experiment_gives_an_empty_table(tracking_uri):
+    assert load_runs(tracking_uri, "no-such-experiment").empty
