@@ -25,3 +25,21 @@ def test_tables_match_the_jobs(make_config, tracking_uri):
 
 def test_missing_experiment_gives_an_empty_table(tracking_uri):
     assert load_runs(tracking_uri, "no-such-experiment").empty
+
+
+def test_summary_table_means_over_seeds(make_config, tracking_uri, capsys):
+    from analysis.summary import main, summarize
+
+    finals = [
+        run(make_config("data=digits", "train.epochs=1", f"seed={s}"))["test_accuracy"]
+        for s in (0, 1)
+    ]
+    experiment = make_config().mlflow.experiment_name
+    table = summarize(load_runs(tracking_uri, experiment))
+    [row] = table.itertuples()
+    assert (row.method, row.data, row.runs, row.failed) == ("backprop", "digits", 2, 0)
+    assert row.test_accuracy_mean == pytest.approx(sum(finals) / 2)
+    assert row.test_accuracy_std == pytest.approx(abs(finals[0] - finals[1]) / 2**0.5)
+    assert main([experiment, "--tracking-uri", tracking_uri]) == 0
+    assert "| backprop" in capsys.readouterr().out
+    assert main(["nothing-here", "--tracking-uri", tracking_uri]) == 2
