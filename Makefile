@@ -37,7 +37,7 @@ data: ## Real Fashion-MNIST from Debian's dataset-fashion-mnist (needs root)
 	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
 
 ui: install ## Browse every run in the MLflow UI at http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1
 
 clean: ## Remove the virtual environment and caches (keeps mlflow.db and outputs)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -3,7 +3,7 @@
     python -m analysis.summary tp_benchmark            # markdown table on stdout
     python -m analysis.summary tp_benchmark --csv out.csv --tracking-uri sqlite:///mlflow.db
 
-Failed (diverged) and killed runs are counted in ``failed`` and left out of the means.
+Only finished runs enter the means; failed (diverged) and killed runs are counted in ``failed``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def summarize(runs: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame
     Raises:
         KeyError: if no finished run logged ``metric``.
     """
-    runs = runs.assign(failed=runs["status"] != "FINISHED")
-    finished = runs[~runs["failed"]]
+    runs = runs.assign(failed=runs["status"].isin(["FAILED", "KILLED"]))
+    finished = runs[runs["status"] == "FINISHED"]
     if metric not in finished:
         raise KeyError(f"no finished run logged {metric!r}")
     grouped = finished.groupby(["method", "data"])

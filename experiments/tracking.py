@@ -137,7 +137,13 @@ class SweepParentRun(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Create the experiment and the sweep's parent run."""
-        self._parent(config)
+        parent = self._parent(config)
+        if parent is not None:
+            log.info(
+                "sweep parent MLflow run %s in experiment %r",
+                parent[1],
+                config.mlflow.experiment_name,
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Mark the parent run FINISHED once every job has returned."""
@@ -145,6 +151,27 @@ class SweepParentRun(Callback):
         if parent is not None:
             client, run_id = parent
             client.set_terminated(run_id, "FINISHED")
+
+
+def fail_sweep(cfg: DictConfig, sweep_dir: str, reason: str) -> None:
+    """Mark the parent run of the sweep in ``sweep_dir`` ``FAILED`` with a reason tag.
+
+    Called when a job stops the whole sweep (a config or data error), so that the parent does
+    not stay ``RUNNING`` forever. Tracking problems here are logged, never raised.
+    """
+    try:
+        client = make_client(cfg.mlflow.tracking_uri)
+        experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+        if experiment is None:
+            return
+        runs = client.search_runs(
+            [experiment.experiment_id], _sweep_filter(sweep_dir), max_results=1
+        )
+        if runs:
+            client.set_tag(runs[0].info.run_id, FAILURE_TAG, truncate(reason, 5000))
+            client.set_terminated(runs[0].info.run_id, "FAILED")
+    except Exception as error:
+        log.warning("could not mark the sweep's parent run failed: %s", error)
 
 
 class RunTracker:

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.data import Dataset, DataUnavailableError, carve_validation
 from experiments.loop import Diverged, fit
 from experiments.losses import loss_for_task
-from experiments.tracking import RunTracker
+from experiments.tracking import RunTracker, fail_sweep
 from experiments.validation import ConfigError, resolve_device, validate_config
 from methods import MethodConfigError, build_method
 
@@ -148,6 +148,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """
     validate_config(cfg)
     device = resolve_device(cfg.device)
+    if cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
     generator = seed_everything(cfg.seed, cfg.deterministic)
     data = load_data(cfg).to(device)
     torch.manual_seed(cfg.seed)  # model init must not depend on how the loader used the RNG
@@ -208,6 +210,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
         return run(cfg)
     except (ConfigError, DataUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
+        info = _hydra_info()
+        if info.get("sweep_dir"):  # this stops the whole sweep: close its parent run as failed
+            fail_sweep(cfg, info["sweep_dir"], f"job {info['job_num']}: {error}")
         sys.exit(2)
 
 

@@ -15,6 +15,23 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 DEVICES = ("auto", "cpu", "cuda")
+# Keys the harness itself reads; anything else there is a typo (e.g. +train.epoch=3). Method,
+# model and data keys are checked by the method's signature and the builders.
+KNOWN_KEYS = {
+    "": {
+        "seed",
+        "device",
+        "deterministic",
+        "cpu_threads",
+        "train",
+        "mlflow",
+        "method",
+        "model",
+        "data",
+    },
+    "train": {"epochs", "batch_size", "eval_batch_size"},
+    "mlflow": {"tracking_uri", "experiment_name", "run_name"},
+}
 
 
 class ConfigError(ValueError):
@@ -108,10 +125,21 @@ def validate_config(cfg: DictConfig) -> None:
     except OmegaConfBaseException as error:
         raise ConfigError(f"{getattr(error, 'full_key', None) or 'config'}: {error}") from None
     plain.pop("hydra", None)
+    for group, known in KNOWN_KEYS.items():
+        node = plain if not group else plain.get(group, {})
+        for key in node if isinstance(node, dict) else ():
+            if key not in known:
+                where = f"{group}.{key}" if group else key
+                raise ConfigError(
+                    f"{where}: unknown key; {group or 'the top level'} has only: "
+                    f"{', '.join(sorted(known))}"
+                )
     for group in ("method", "model", "data", "train", "mlflow"):
         if not isinstance(plain.get(group), dict):
             raise ConfigError(f"{group}: missing config group (choose one with {group}=...)")
     _require_int(plain, "seed", 0)
+    if plain.get("cpu_threads") is not None:
+        _require_int(plain, "cpu_threads", 1)
     resolve_device(str(plain.get("device")))
     for key in ("train.epochs", "train.batch_size", "train.eval_batch_size"):
         _require_int(plain, key, 1)

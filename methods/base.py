@@ -114,7 +114,9 @@ def build_method(name: str, model: nn.Module, loss: Loss, options: Mapping[str, 
 
 
 def make_optimizer(
-    params: Iterator[nn.Parameter] | list[nn.Parameter], config: Mapping[str, Any]
+    params: Iterator[nn.Parameter] | list[nn.Parameter],
+    config: Mapping[str, Any],
+    key: str = "method.optimizer",
 ) -> torch.optim.Optimizer:
     """Build a ``torch.optim`` optimiser from a Hydra-style config.
 
@@ -122,6 +124,7 @@ def make_optimizer(
         params: the parameters it will update.
         config: ``{"_target_": "torch.optim.Adam", "lr": 1e-3, ...}``; any optimiser class
             importable by dotted path works.
+        key: the config key of ``config``, used in error messages.
 
     Raises:
         MethodConfigError: if ``_target_`` is missing, cannot be imported, is not an optimiser,
@@ -133,17 +136,17 @@ def make_optimizer(
     target = options.pop("_target_", None)
     options.pop("_partial_", None)
     if not target:
-        raise MethodConfigError("optimizer._target_ is missing (e.g. torch.optim.Adam)")
+        raise MethodConfigError(f"{key}._target_ is missing (e.g. torch.optim.Adam)")
     try:
         cls = get_class(target)
     except Exception as error:  # Hydra wraps ImportError in its own exception types.
-        raise MethodConfigError(f"optimizer._target_: cannot import {target!r}") from error
+        raise MethodConfigError(f"{key}._target_: cannot import {target!r}") from error
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise MethodConfigError(f"optimizer._target_: {target!r} is not a torch optimiser")
+        raise MethodConfigError(f"{key}._target_: {target!r} is not a torch optimiser")
     try:
         return cls(list(params), **options)
     except (TypeError, ValueError) as error:
-        raise MethodConfigError(f"optimizer ({target}): {error}") from error
+        raise MethodConfigError(f"{key} ({target}): {error}") from error
 
 
 class Method(ABC):

@@ -131,9 +131,13 @@ class DifferenceTargetPropagation(Method):
             for inverse in self.inverses:
                 nn.init.orthogonal_(inverse.weight)
                 nn.init.zeros_(inverse.bias)
-        self.optimizer = make_optimizer(model.parameters(), forward_optimizer)
+        self.optimizer = make_optimizer(
+            model.parameters(), forward_optimizer, "method.forward_optimizer"
+        )
         self.feedback_optimizer = (
-            make_optimizer(self.inverses.parameters(), feedback_optimizer)
+            make_optimizer(
+                self.inverses.parameters(), feedback_optimizer, "method.feedback_optimizer"
+            )
             if len(self.inverses)
             else None
         )

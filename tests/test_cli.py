@@ -82,6 +82,23 @@ def test_sweep_groups_runs_and_survives_a_diverging_job(tmp_path, tracking_uri):
         assert healthy.info.status == "FINISHED" and healthy.data.metrics["test_accuracy"] > 0.5
 
 
+def test_sweep_stopped_by_a_bad_job_closes_its_parent_as_failed(tmp_path, tracking_uri):
+    result = train(
+        tmp_path,
+        tracking_uri,
+        "-m",
+        "data=digits",
+        "train.epochs=1",
+        "train.batch_size=0,100",
+        experiment="cli_sweep_bad",
+    )
+    assert result.returncode == 2
+    assert "error: train.batch_size: must be an integer >= 1, got 0" in result.stderr
+    [parent] = finished_runs(tracking_uri, "cli_sweep_bad")  # no job run was created
+    assert parent.data.tags["role"] == "sweep" and parent.info.status == "FAILED"
+    assert "train.batch_size" in parent.data.tags["failure_reason"]
+
+
 def test_ctrl_c_marks_the_run_killed_and_keeps_metrics(tmp_path, tracking_uri):
     process = train(
         tmp_path,

@@ -45,12 +45,13 @@ def test_unknown_method_option_is_named():
         ({"_target_": "torch.optim.Adamm", "lr": 0.1}, "cannot import"),
         ({"_target_": "torch.nn.Linear"}, "not a torch optimiser"),
         ({"_target_": "torch.optim.SGD", "lr": -1.0}, "Invalid learning rate"),
+        ({"_target_": "torch.optim.Adam", "foo": 1}, r"\(torch.optim.Adam\): .*'foo'"),
     ],
 )
-def test_make_optimizer_errors(config, message):
+def test_make_optimizer_errors_name_the_key(config, message):
     model, _, _ = tiny_problem()
-    with pytest.raises(MethodConfigError, match=message):
-        make_optimizer(model.parameters(), config)
+    with pytest.raises(MethodConfigError, match=f"^method.feedback_optimizer.*{message}"):
+        make_optimizer(model.parameters(), config, key="method.feedback_optimizer")
 
 
 def test_backprop_grad_is_inspectable_before_the_update_and_equals_autograd():
@@ -112,3 +113,17 @@ def test_forward_is_eval_mode_without_grad():
 def test_method_is_abstract():
     with pytest.raises(TypeError):
         Method(MLP(1, [1], 1), CrossEntropy())
+
+
+def test_readme_example_method_plugs_in_unchanged(make_config):
+    """The README's "Adding a method" module, as printed there, trains through the loop."""
+    from pathlib import Path
+
+    from experiments.train import run
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("# methods/sign_sgd.py\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "methods/sign_sgd.py", "exec"), {"__name__": "methods.sign_sgd"})
+    assert "sign_sgd" in available_methods()
+    final = run(make_config("data=digits", "train.epochs=1", "method.name=sign_sgd"))
+    assert final["test_accuracy"] > 0.5

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.data.base import Dataset, DataUnavailableError, classification_dataset
-from experiments.data.files import default_cache_dir, download_file
+from experiments.data.files import default_cache_dir, describe_dirs, download_file
 
 ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
@@ -77,10 +77,11 @@ def load_cifar10(root: str | None = None, download: bool = True) -> Dataset:
                 outcome = f"the download from {URL} failed ({error})"
     if folder is None:
         raise DataUnavailableError(
-            f"cifar10: could not find {FOLDER}/ or {ARCHIVE} in any of "
-            f"{', '.join(map(str, dirs))}, and {outcome}. Fix: run once with network access, "
+            f"cifar10: could not find {FOLDER}/ or {ARCHIVE} in {describe_dirs(dirs)}, and "
+            f"{outcome}. Fix: run once with network access, "
             f"or put {ARCHIVE} (or its extracted {FOLDER}/) into a directory and pass "
-            "data.root=<that directory>."
+            "data.root=<that directory> (downloads go to $BACKPROP_BENCH_DATA/cifar10, default "
+            "~/.cache/backprop-bench/cifar10)."
         )
     train = [read_batch(folder / name) for name in TRAIN_BATCHES]
     x_test, y_test = read_batch(folder / TEST_BATCH)

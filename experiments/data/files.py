@@ -73,9 +73,14 @@ def locate_files(
     else:
         outcome = "downloading is disabled (data.download=false)"
     raise DataUnavailableError(
-        f"{dataset}: could not find {', '.join(filenames)} (plain or .gz) in any of "
-        f"{', '.join(str(d) for d in dirs)}, and {outcome}. Fix: {fix_hint}"
+        f"{dataset}: could not find {', '.join(filenames)} (plain or .gz) in "
+        f"{describe_dirs(dirs)}, and {outcome}. Fix: {fix_hint}"
     )
+
+
+def describe_dirs(dirs: Sequence[Path]) -> str:
+    """``"a"`` or ``"any of a, b"``, for error messages."""
+    return str(dirs[0]) if len(dirs) == 1 else f"any of {', '.join(map(str, dirs))}"
 
 
 def download_file(url: str, destination: Path) -> Path:
@@ -88,12 +93,11 @@ def download_file(url: str, destination: Path) -> Path:
     """
     if destination.is_file():
         return destination
-    destination.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s -> %s", url, destination)
-    with (
-        urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,  # noqa: S310
-        tempfile.NamedTemporaryFile(dir=destination.parent, delete=False) as tmp,
-    ):
-        shutil.copyfileobj(response, tmp)
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:  # noqa: S310
+        # Only now that the server answered: a failed attempt leaves no empty folders behind.
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=destination.parent, delete=False) as tmp:
+            shutil.copyfileobj(response, tmp)
     os.replace(tmp.name, destination)
     return destination

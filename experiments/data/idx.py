@@ -113,6 +113,7 @@ def load_mnist(root: str | None = None, download: bool = True) -> Dataset:
         MNIST_URL,
         download,
         fix_hint="run once with network access, or copy the four IDX files into a directory "
-        "and pass data.root=<that directory>.",
+        "and pass data.root=<that directory> (downloads go to $BACKPROP_BENCH_DATA/mnist, "
+        "default ~/.cache/backprop-bench/mnist).",
     )
     return load_idx_dataset("mnist", files)
