@@ -95,6 +95,7 @@ def fit(
     step = 0
     disable = None if progress is None else not progress
     n_batches = math.ceil(len(data.x_train) / batch_size)
+    method.on_train_start(epochs, n_batches)
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=disable, unit="epoch"):
         sums: dict[str, float] = defaultdict(float)
         start = time.perf_counter()

@@ -214,6 +214,15 @@ class Method(ABC):
         for param in self.model.parameters():
             param.grad = None
 
+    def on_train_start(self, epochs: int, batches_per_epoch: int) -> None:
+        """Hook called once before training with the budget, for methods with phases; no-op.
+
+        Args:
+            epochs: the run's budget in epochs (``train.epochs``).
+            batches_per_epoch: number of updates per epoch.
+        """
+        return
+
     def epoch_metrics(self) -> dict[str, float]:
         """Method-specific scalars to log once per epoch (e.g. inverse losses); empty by default."""
         return {}
