@@ -82,3 +82,28 @@ def load_histories(tracking_uri: str, runs: pd.DataFrame, metrics: Sequence[str]
     columns = ["run_id", "method", "data", "model", "seed", "metric", "epoch", "value"]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values(["run_id", "metric", "epoch"], ignore_index=True)
+
+
+def load_time_step_norms(
+    tracking_uri: str, runs: pd.DataFrame, prefix: str = "dL_dh/t"
+) -> pd.DataFrame:
+    """Per-time-step gradient norms of recurrent runs (``dL_dh/t001``, ... metrics).
+
+    Returns:
+        Long format: ``run_id, method, data, model, seed, epoch, t, norm`` (t from 1), sorted;
+        ready for norm-vs-t curves at several epochs.
+    """
+    client = make_client(tracking_uri)
+    keys = sorted(
+        {
+            key
+            for run in runs.run_id
+            for key in client.get_run(run).data.metrics
+            if key.startswith(prefix)
+        }
+    )
+    table = load_histories(tracking_uri, runs, keys)
+    table["t"] = table["metric"].str.slice(len(prefix)).astype(int)
+    table = table.rename(columns={"value": "norm"}).drop(columns="metric")
+    columns = ["run_id", "method", "data", "model", "seed", "epoch", "t", "norm"]
+    return table[columns].sort_values(["run_id", "epoch", "t"], ignore_index=True)

@@ -1,5 +1,7 @@
 """Summary table of an experiment: final metrics mean +- std over seeds, per method and dataset.
 
+Seconds per epoch average every epoch of every finished run.
+
     python -m analysis.summary tp_benchmark            # markdown table on stdout
     python -m analysis.summary tp_benchmark --csv out.csv --tracking-uri sqlite:///mlflow.db
 
@@ -14,17 +16,22 @@ import sys
 
 import pandas as pd
 
-from analysis.runs import load_runs
+from analysis.runs import load_histories, load_runs
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
-def summarize(runs: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
+def summarize(
+    runs: pd.DataFrame, metric: str = "test_accuracy", histories: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Group job runs by ``method`` and ``data``.
 
     Args:
         runs: a :func:`analysis.runs.load_runs` table.
         metric: the final-value metric to average.
+        histories: :func:`analysis.runs.load_histories` of ``epoch_seconds`` for ``runs``; if
+            given, ``epoch_seconds_mean`` averages every epoch of every run, otherwise only each
+            run's last epoch.
 
     Returns:
         One row per (method, data) with ``runs``, ``failed``, ``<metric>_mean``,
@@ -33,6 +40,9 @@ def summarize(runs: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame
     Raises:
         KeyError: if no finished run logged ``metric``.
     """
+    if histories is not None and not histories.empty:
+        per_run = histories[histories.metric == "epoch_seconds"].groupby("run_id")["value"].mean()
+        runs = runs.assign(epoch_seconds=runs["run_id"].map(per_run))
     runs = runs.assign(failed=runs["status"].isin(["FAILED", "KILLED"]))
     finished = runs[runs["status"] == "FINISHED"]
     if metric not in finished:
@@ -66,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    table = summarize(runs, args.metric)
+    table = summarize(runs, args.metric, load_histories(args.tracking_uri, runs, ["epoch_seconds"]))
     if args.csv:
         table.to_csv(args.csv, index=False)
     print(table.to_markdown(index=False, floatfmt=".4f"))

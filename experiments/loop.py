@@ -74,6 +74,8 @@ def fit(
     returned, measured before each update), ``test_<m>`` and, with a validation split,
     ``val_<m>`` (after the epoch), ``epoch_seconds`` (wall time of the epoch's updates, excluding
     evaluation), ``samples_per_second`` and the method's own :meth:`~Method.epoch_metrics`.
+    Namespaced metrics (a ``/`` in the key, e.g. per-time-step norms ``dL_dh/t001``) are detailed
+    diagnostics: tracked, but left out of the per-epoch log line.
 
     Args:
         method: the learning rule, built around a model on ``data``'s device.
@@ -131,9 +133,8 @@ def fit(
         metrics["samples_per_second"] = len(data.x_train) / max(seconds, 1e-9)
         metrics.update(method.epoch_metrics())
         method.on_epoch_end(epoch)
-        log.info(
-            "epoch %d/%d %s", epoch, epochs, " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        )
+        summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k)
+        log.info("epoch %d/%d %s", epoch, epochs, summary)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
     return metrics

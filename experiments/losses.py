@@ -11,6 +11,9 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
+# Targets equal to this are not scored (loss or accuracy), as in ``F.cross_entropy``.
+IGNORE_INDEX = -100
+
 
 class Loss(ABC):
     """A task loss: ``loss(output, target)`` is a 0-d tensor, the mean over the batch."""
@@ -29,22 +32,40 @@ class Loss(ABC):
 class CrossEntropy(Loss):
     """Softmax cross-entropy on logits: ``-mean_n log softmax(o_n)[y_n]`` (nats).
 
-    ``output`` is ``(batch, classes)`` logits, ``target`` ``(batch,)`` integer class indices.
-    Also reports ``accuracy`` (fraction in [0, 1] of argmax predictions equal to the target).
+    ``output`` is ``(batch, classes)`` logits, ``target`` ``(batch,)`` integer class indices;
+    per-step outputs ``(batch, T, classes)`` with targets ``(batch, T)`` average over steps too.
+    Targets equal to ``IGNORE_INDEX`` are skipped. Also reports ``accuracy`` (fraction in
+    [0, 1] of scored argmax predictions equal to the target).
+
+    Raises:
+        ValueError: on per-step targets without per-step outputs.
     """
 
     name = "cross_entropy"
 
+    @staticmethod
+    def _flat(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if output.ndim == 3:
+            return output.flatten(0, 1), target.flatten()
+        if target.ndim != 1:
+            raise ValueError(
+                f"targets of shape {tuple(target.shape)} need one output per step "
+                f"(got outputs {tuple(output.shape)}; with model=rnn set model.readout=every)"
+            )
+        return output, target
+
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Batch-mean cross-entropy (differentiable)."""
-        return F.cross_entropy(output, target)
+        return F.cross_entropy(*self._flat(output, target))
 
     @torch.no_grad()
     def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """``{"loss": nats, "accuracy": fraction}`` of the batch."""
+        output, target = self._flat(output, target)
+        scored = target != IGNORE_INDEX
         return {
             "loss": F.cross_entropy(output, target).item(),
-            "accuracy": (output.argmax(dim=1) == target).float().mean().item(),
+            "accuracy": (output.argmax(dim=1) == target)[scored].float().mean().item(),
         }
 
 
@@ -52,9 +73,17 @@ class MeanSquaredError(Loss):
     """Mean squared error over all elements: ``mean_{n,k} (o_nk - t_nk)^2``.
 
     ``output`` and ``target`` are both ``(batch, outputs)``.
+
+    Args:
+        tolerance: if given, ``metrics`` also reports ``accuracy``: the fraction of examples
+            whose squared error (mean over outputs) is below it, e.g. 0.04 for the adding
+            problem (Hochreiter & Schmidhuber 1997).
     """
 
     name = "mse"
+
+    def __init__(self, tolerance: float | None = None) -> None:
+        self.tolerance = tolerance
 
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Batch-mean squared error (differentiable)."""
@@ -62,19 +91,29 @@ class MeanSquaredError(Loss):
 
     @torch.no_grad()
     def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        """``{"loss": mean squared error}`` of the batch."""
-        return {"loss": F.mse_loss(output, target).item()}
+        """``{"loss": mean squared error}`` of the batch, and ``accuracy`` with a tolerance."""
+        metrics = {"loss": F.mse_loss(output, target).item()}
+        if self.tolerance is not None:
+            errors = (output - target).pow(2).flatten(1).mean(dim=1)
+            metrics["accuracy"] = (errors < self.tolerance).float().mean().item()
+        return metrics
 
 
 LOSSES: dict[str, type[Loss]] = {"classification": CrossEntropy, "regression": MeanSquaredError}
 
 
-def loss_for_task(task: str) -> Loss:
+def loss_for_task(task: str, tolerance: float | None = None) -> Loss:
     """Return the loss of a task: ``"classification"`` (cross-entropy) or ``"regression"`` (MSE).
+
+    Args:
+        task: the dataset's task.
+        tolerance: regression only: squared error under which an example counts as solved.
 
     Raises:
         ValueError: for any other task name.
     """
+    if task == "regression":
+        return MeanSquaredError(tolerance)
     try:
         return LOSSES[task]()
     except KeyError:

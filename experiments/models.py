@@ -7,6 +7,7 @@ need each layer's input and output.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -127,11 +128,15 @@ class MLP(nn.Module):
 
 
 def build_mlp(
-    input_size: int,
+    input_shape: Sequence[int],
     output_size: int,
     hidden_sizes: Sequence[int],
     activation: str = "relu",
     init: str = "default",
 ) -> MLP:
-    """Build the shared MLP (see :class:`MLP`); the entry point used by ``model=mlp``."""
+    """Build the shared MLP (see :class:`MLP`) for inputs of ``input_shape``, flattened.
+
+    The entry point of ``model=mlp``; ``input_shape`` is one example's shape, e.g. ``(40,)``.
+    """
+    input_size = math.prod(input_shape)
     return MLP(input_size, hidden_sizes, output_size, activation=activation, init=init)

@@ -89,17 +89,33 @@ def load_data(cfg: DictConfig) -> Dataset:
 
 
 def build_model(cfg: DictConfig, data: Dataset) -> torch.nn.Module:
-    """Build ``cfg.model`` through its ``_target_`` for ``data``'s input and output sizes.
+    """Build ``cfg.model`` through its ``_target_`` for ``data``'s input shape and output size.
 
     Raises:
         ConfigError: if the builder rejects its options (the message names the key).
     """
     options = _options(cfg.model, ("name",))
     try:
-        return instantiate(options, input_size=data.input_size, output_size=data.num_outputs)
+        return instantiate(options, input_shape=data.input_shape, output_size=data.num_outputs)
     except Exception as error:
         cause = error.__cause__ or error
         raise ConfigError(str(cause) if "model." in str(cause) else f"model: {cause}") from None
+
+
+def check_compatible(method: Any, data: Dataset) -> None:
+    """Run the model and loss on two training examples, so a model/data mismatch fails early.
+
+    Raises:
+        ConfigError: with the underlying shape error, before any run is created.
+    """
+    x, y = data.x_train[:2], data.y_train[:2]
+    try:
+        with torch.no_grad():
+            method.loss.metrics(method.forward(x), y)
+    except (ValueError, RuntimeError, IndexError) as error:
+        raise ConfigError(
+            f"model={method.model.__class__.__name__} cannot train on data={data.name}: {error}"
+        ) from None
 
 
 def _hydra_info() -> dict[str, Any]:
@@ -154,11 +170,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     data = load_data(cfg).to(device)
     torch.manual_seed(cfg.seed)  # model init must not depend on how the loader used the RNG
     model = build_model(cfg, data).to(device)
-    loss = loss_for_task(data.task)
+    loss = loss_for_task(data.task, data.tolerance)
     try:
         method = build_method(cfg.method.name, model, loss, _options(cfg.method, ("name",)))
     except MethodConfigError as error:
         raise ConfigError(str(error)) from None
+    check_compatible(method, data)
     info = _hydra_info()
     tags = {
         "method": cfg.method.name,

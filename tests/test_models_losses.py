@@ -11,7 +11,7 @@ from experiments.models import MLP, build_mlp
 
 def test_mlp_shapes_and_layers():
     torch.manual_seed(0)
-    model = build_mlp(input_size=12, output_size=3, hidden_sizes=[7, 5], activation="tanh")
+    model = build_mlp(input_shape=(3, 4), output_size=3, hidden_sizes=[7, 5], activation="tanh")
     assert [tuple(layer.weight.shape) for layer in model.layers] == [(7, 12), (5, 7), (3, 5)]
     x = torch.randn(4, 3, 4)  # flattened to 12 features
     outputs = model.forward_layers(x)

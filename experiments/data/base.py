@@ -34,6 +34,9 @@ class Dataset:
         x_val: ``(n_val, *input_shape)`` validation inputs carved from the training set, or
             ``None`` when no validation split was requested.
         y_val: validation targets or ``None``.
+        tolerance: for regression, the squared error under which an example counts as solved;
+            the loss then reports ``accuracy`` = fraction solved (e.g. 0.04 for the adding
+            problem). ``None``: no accuracy for regression.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Dataset:
     y_test: torch.Tensor
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    tolerance: float | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "test", "val"):

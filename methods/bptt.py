@@ -1,0 +1,190 @@
+"""Backpropagation through time, full and truncated, with per-time-step gradient diagnostics.
+
+BPTT: Werbos, "Backpropagation through time: what it does and how to do it", Proc. IEEE 1990.
+Truncated BPTT: Williams & Peng 1990 / Sutskever 2013, Sec. 2.6: the sequence is cut into
+segments of ``truncation`` steps; the hidden state is carried from one segment to the next but
+detached at the border, and the weights are updated after every segment. Gradient-norm clipping:
+Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks", ICML 2013,
+Alg. 1 (if ``||g|| > threshold``, ``g <- threshold g / ||g||``).
+
+Diagnostics (never part of training; computed on a fixed probe batch, the first training batch,
+every ``probe_every`` epochs, with ``torch.autograd.grad`` so no ``.grad`` is touched):
+
+* ``dL_dh/t{t:03d}`` for t = 1..T: the norm of the full-BPTT gradient ``dL/dh_t`` of the batch
+  loss with respect to the top layer's hidden state at step t (Pascanu et al. 2013, Eq. 3-5);
+  one MLflow metric per step t, logged at step = epoch, so that analysis can draw norm-vs-t
+  curves at any epoch (:func:`analysis.runs.load_time_step_norms`);
+* ``w_hh_sigma_max_layer{l}``: the largest singular value of each layer's ``W_hh``;
+* ``grad_norm`` (per batch, averaged into ``train_grad_norm``): the gradient norm before clipping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from experiments.losses import Loss
+from experiments.rnn import RecurrentNetwork, State
+from methods.base import Method, MethodConfigError, make_optimizer, register_method
+
+
+def hidden_state_gradient_norms(
+    model: RecurrentNetwork, loss: Loss, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """``||dL/dh_t||`` (Frobenius over the batch) for t = 1..T: a ``(T,)`` tensor.
+
+    Full BPTT of the batch-mean loss through the whole sequence; parameters' ``.grad`` are not
+    touched and nothing is updated.
+    """
+    outputs, hidden, _ = model.run(x)
+    grads = torch.autograd.grad(loss(outputs, y), hidden, allow_unused=True)
+    return torch.stack(
+        [g.norm() if g is not None else torch.zeros((), device=x.device) for g in grads]
+    ).detach()
+
+
+def detach_state(state: State) -> State:
+    """The same recurrent state cut from the graph (the truncation border)."""
+    return [
+        tuple(s.detach() for s in layer) if isinstance(layer, tuple) else layer.detach()
+        for layer in state
+    ]
+
+
+@register_method("bptt")
+class BPTT(Method):
+    """Full backpropagation through time on a :class:`~experiments.rnn.RecurrentNetwork`.
+
+    Args:
+        model: the recurrent network.
+        loss: task loss; with ``readout=every`` targets are ``(batch, T, ...)``.
+        optimizer: optimiser config.
+        clip_grad_norm: clipping threshold (> 0), or ``None`` for no clipping.
+        probe_every: epochs between two diagnostic probes (>= 1).
+
+    Raises:
+        MethodConfigError: for a non-recurrent model or bad options.
+    """
+
+    def __init__(
+        self,
+        model: RecurrentNetwork,
+        loss: Loss,
+        optimizer: Mapping[str, Any],
+        clip_grad_norm: float | None = None,
+        probe_every: int = 1,
+    ) -> None:
+        super().__init__(model, loss)
+        if not isinstance(model, RecurrentNetwork):
+            raise MethodConfigError(f"method={self.name} needs model=rnn")
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            raise MethodConfigError(
+                f"method.clip_grad_norm: must be > 0 or null, got {clip_grad_norm}"
+            )
+        if not isinstance(probe_every, int) or probe_every < 1:
+            raise MethodConfigError(
+                f"method.probe_every: must be an integer >= 1, got {probe_every}"
+            )
+        self.clip_grad_norm = clip_grad_norm
+        self.probe_every = probe_every
+        self.optimizer = make_optimizer(model.parameters(), optimizer)
+        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.epochs_done = 0
+
+    def clip(self) -> float:
+        """Clip the gradient in ``.grad`` if configured; returns its norm before clipping."""
+        threshold = self.clip_grad_norm if self.clip_grad_norm is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), threshold)
+        return norm.item()
+
+    def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Write the (clipped) full-BPTT gradient into ``.grad``; metrics include ``grad_norm``."""
+        if self.probe is None:
+            self.probe = (x.detach().clone(), y.detach().clone())
+        self.zero_grad()
+        outputs = self.model(x)
+        self.loss(outputs, y).backward()
+        return {**self.loss.metrics(outputs.detach(), y), "grad_norm": self.clip()}
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Diagnostics of the module docstring, every ``probe_every`` epochs (from epoch 1)."""
+        if self.probe is None or self.epochs_done % self.probe_every != 0:
+            return {}
+        norms = hidden_state_gradient_norms(self.model, self.loss, *self.probe)
+        metrics = {f"dL_dh/t{t:03d}": value for t, value in enumerate(norms.tolist(), start=1)}
+        for layer, weight in enumerate(self.model.recurrent_weights(), start=1):
+            sigma = torch.linalg.matrix_norm(weight.detach().float(), ord=2).item()
+            metrics[f"w_hh_sigma_max_layer{layer}"] = sigma
+        return metrics
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Count epochs for the probe schedule."""
+        self.epochs_done = epoch
+
+
+@register_method("tbptt")
+class TruncatedBPTT(BPTT):
+    """Truncated BPTT: one update per segment of ``truncation`` steps (Sutskever 2013, 2.6).
+
+    The hidden state is carried across segments and detached at each border. A segment without
+    a loss term (with ``readout=last``, every segment but the last) makes no update. The updates
+    of all segments but the last are applied inside :meth:`compute_update`; the last segment's
+    gradient is left in ``.grad`` for :meth:`apply_update`, so with ``truncation >= T`` this is
+    exactly :class:`BPTT`.
+
+    Args:
+        truncation: segment length ``k`` in steps (>= 1).
+        (others as :class:`BPTT`)
+    """
+
+    def __init__(
+        self,
+        model: RecurrentNetwork,
+        loss: Loss,
+        optimizer: Mapping[str, Any],
+        truncation: int = 10,
+        clip_grad_norm: float | None = None,
+        probe_every: int = 1,
+    ) -> None:
+        super().__init__(model, loss, optimizer, clip_grad_norm, probe_every)
+        if not isinstance(truncation, int) or truncation < 1:
+            raise MethodConfigError(f"method.truncation: must be an integer >= 1, got {truncation}")
+        self.truncation = truncation
+
+    def segment_loss(
+        self, outputs: torch.Tensor, y: torch.Tensor, start: int, stop: int, length: int
+    ) -> torch.Tensor | None:
+        """The loss terms inside steps ``[start, stop)`` of a ``length``-step sequence, or None."""
+        if self.model.readout == "every":
+            return self.loss(outputs, y[:, start:stop])
+        return self.loss(outputs, y) if stop == length else None
+
+    def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Run the segments; see the class docstring for which updates are applied where."""
+        if self.probe is None:
+            self.probe = (x.detach().clone(), y.detach().clone())
+        x = self.model.as_sequence(x)
+        length = x.shape[1]
+        state, norms, pending = None, [], False
+        outputs_seen = []
+        for start in range(0, length, self.truncation):
+            stop = min(start + self.truncation, length)
+            if pending:  # the previous segment's update, now that another one follows
+                self.optimizer.step()
+            self.zero_grad()
+            outputs, _, state = self.model.run(x[:, start:stop], state)
+            loss = self.segment_loss(outputs, y, start, stop, length)
+            pending = loss is not None
+            if pending:
+                loss.backward()
+                norms.append(self.clip())
+                outputs_seen.append(outputs.detach())
+            state = detach_state(state)
+        if self.model.readout == "every":
+            metrics = self.loss.metrics(torch.cat(outputs_seen, dim=1), y)
+        else:
+            metrics = self.loss.metrics(outputs_seen[-1], y)
+        return {**metrics, "grad_norm": max(norms), "updates": float(len(norms))}
