@@ -4,6 +4,8 @@ Seconds per epoch average every epoch of every finished run.
 
     python -m analysis.summary tp_benchmark            # markdown table on stdout
     python -m analysis.summary tp_benchmark --csv out.csv --tracking-uri sqlite:///mlflow.db
+    python -m analysis.summary rnn_benchmark --by param.data.length param.method.truncation \
+        --solved-threshold 0.99
 
 Only finished runs enter the means; failed (diverged) and killed runs are counted in ``failed``.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -22,41 +25,57 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 def summarize(
-    runs: pd.DataFrame, metric: str = "test_accuracy", histories: pd.DataFrame | None = None
+    runs: pd.DataFrame,
+    metric: str = "test_accuracy",
+    histories: pd.DataFrame | None = None,
+    by: Sequence[str] = (),
+    solved_threshold: float | None = None,
 ) -> pd.DataFrame:
-    """Group job runs by ``method`` and ``data``.
+    """Group job runs by ``method``, ``data`` and the extra columns ``by``.
 
     Args:
         runs: a :func:`analysis.runs.load_runs` table.
         metric: the final-value metric to average.
-        histories: :func:`analysis.runs.load_histories` of ``epoch_seconds`` for ``runs``; if
-            given, ``epoch_seconds_mean`` averages every epoch of every run, otherwise only each
-            run's last epoch.
+        histories: :func:`analysis.runs.load_histories` of ``epoch_seconds`` (and of ``metric``
+            for ``solved_threshold``) for ``runs``; with it, ``epoch_seconds_mean`` averages
+            every epoch of every run, without it only each run's last epoch.
+        by: extra grouping columns of ``runs``, e.g. ``param.data.length``.
+        solved_threshold: if given (needs ``histories``), also report ``solved`` (runs whose
+            ``metric`` ever reached it) and ``solved_epoch_mean`` (mean first epoch it did, over
+            the runs that did).
 
     Returns:
-        One row per (method, data) with ``runs``, ``failed``, ``<metric>_mean``,
-        ``<metric>_std`` (sample std over seeds, NaN for one run) and ``epoch_seconds_mean``.
+        One row per group with ``runs``, ``failed``, ``<metric>_mean``, ``<metric>_std``
+        (sample std over seeds, NaN for one run), ``epoch_seconds_mean`` and the solved columns.
 
     Raises:
         KeyError: if no finished run logged ``metric``.
     """
+    keys = ["method", "data", *by]
     if histories is not None and not histories.empty:
-        per_run = histories[histories.metric == "epoch_seconds"].groupby("run_id")["value"].mean()
-        runs = runs.assign(epoch_seconds=runs["run_id"].map(per_run))
+        seconds = histories[histories.metric == "epoch_seconds"].groupby("run_id")["value"].mean()
+        runs = runs.assign(epoch_seconds=runs["run_id"].map(seconds))
+        if solved_threshold is not None:
+            reached = histories[
+                (histories.metric == metric) & (histories.value >= solved_threshold)
+            ]
+            first = reached.groupby("run_id")["epoch"].min()
+            runs = runs.assign(solved_epoch=runs["run_id"].map(first))
     runs = runs.assign(failed=runs["status"].isin(["FAILED", "KILLED"]))
     finished = runs[runs["status"] == "FINISHED"]
     if metric not in finished:
         raise KeyError(f"no finished run logged {metric!r}")
-    grouped = finished.groupby(["method", "data"])
-    table = pd.DataFrame(
-        {
-            f"{metric}_mean": grouped[metric].mean(),
-            f"{metric}_std": grouped[metric].std(),
-            "epoch_seconds_mean": grouped["epoch_seconds"].mean(),
-        }
-    )
-    counts = runs.groupby(["method", "data"]).agg(runs=("run_id", "size"), failed=("failed", "sum"))
-    return counts.join(table).reset_index()
+    grouped = finished.groupby(keys)
+    columns = {
+        f"{metric}_mean": grouped[metric].mean(),
+        f"{metric}_std": grouped[metric].std(),
+        "epoch_seconds_mean": grouped["epoch_seconds"].mean(),
+    }
+    if "solved_epoch" in finished:
+        columns["solved"] = grouped["solved_epoch"].count()
+        columns["solved_epoch_mean"] = grouped["solved_epoch"].mean()
+    counts = runs.groupby(keys).agg(runs=("run_id", "size"), failed=("failed", "sum"))
+    return counts.join(pd.DataFrame(columns)).reset_index()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
     )
     parser.add_argument("--metric", default="test_accuracy")
+    parser.add_argument(
+        "--by",
+        nargs="*",
+        default=[],
+        help="extra grouping columns, e.g. param.data.length param.method.truncation",
+    )
+    parser.add_argument(
+        "--solved-threshold",
+        type=float,
+        help="report the first epoch at "
+        "which --metric reached this value (e.g. 0.99 for the adding problem)",
+    )
     parser.add_argument("--csv", help="also write the table to this CSV file")
     args = parser.parse_args(argv)
     runs = load_runs(args.tracking_uri, args.experiment)
@@ -76,7 +107,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    table = summarize(runs, args.metric, load_histories(args.tracking_uri, runs, ["epoch_seconds"]))
+    missing = [column for column in args.by if column not in runs]
+    if missing:
+        print(
+            f"error: --by: no column {missing[0]!r} (columns: {', '.join(runs.columns)})",
+            file=sys.stderr,
+        )
+        return 2
+    histories = load_histories(args.tracking_uri, runs, ["epoch_seconds", args.metric])
+    table = summarize(runs, args.metric, histories, args.by, args.solved_threshold)
     if args.csv:
         table.to_csv(args.csv, index=False)
     print(table.to_markdown(index=False, floatfmt=".4f"))

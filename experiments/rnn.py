@@ -8,6 +8,7 @@ the diagnostics read ``dL/dh_t`` off it (Pascanu, Mikolov & Bengio 2013, Sec. 2)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -194,21 +195,14 @@ class RecurrentNetwork(nn.Module):
         return self.run(x)[0]
 
 
-def build_rnn(
-    input_shape: Sequence[int],
-    output_size: int,
-    hidden_size: int = 64,
-    num_layers: int = 1,
-    cell: str = "rnn",
-    readout: str = "last",
-    init: str = "default",
-    spectral_radius: float = 1.0,
-    activation: str = "tanh",
-) -> RecurrentNetwork:
+def build_rnn(input_shape: Sequence[int], output_size: int, **options: Any) -> RecurrentNetwork:
     """Entry point of ``model=rnn``: a :class:`RecurrentNetwork` for inputs of ``input_shape``.
 
-    ``input_shape`` is one example's shape, ``(T, features)``, or ``(T,)`` for one feature per
-    step.
+    Args:
+        input_shape: one example's shape, ``(T, features)``, or ``(T,)`` for one feature per
+            step.
+        output_size: classes or regression outputs.
+        options: the other arguments of :class:`RecurrentNetwork` (``conf/model/rnn.yaml``).
 
     Raises:
         ValueError: as :class:`RecurrentNetwork`, or for an input shape that is not a sequence.
@@ -216,14 +210,4 @@ def build_rnn(
     if len(input_shape) not in (1, 2):
         raise ValueError(f"model=rnn needs sequence data (T, features), got shape {input_shape}")
     features = input_shape[1] if len(input_shape) == 2 else 1
-    return RecurrentNetwork(
-        features,
-        output_size,
-        hidden_size,
-        num_layers,
-        cell,
-        readout,
-        init,
-        spectral_radius,
-        activation,
-    )
+    return RecurrentNetwork(features, output_size, **options)

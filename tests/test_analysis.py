@@ -43,3 +43,24 @@ def test_summary_table_means_over_seeds(make_config, tracking_uri, capsys):
     assert main([experiment, "--tracking-uri", tracking_uri]) == 0
     assert "| backprop" in capsys.readouterr().out
     assert main(["nothing-here", "--tracking-uri", tracking_uri]) == 2
+
+
+def test_summary_groups_and_first_solved_epoch(make_config, tracking_uri):
+    from analysis.summary import summarize
+
+    for epochs in (1, 3):
+        run(make_config("data=digits", f"train.epochs={epochs}", "seed=0"))
+    experiment = make_config().mlflow.experiment_name
+    runs = load_runs(tracking_uri, experiment)
+    histories = load_histories(tracking_uri, runs, ["epoch_seconds", "test_accuracy"])
+    curve = histories[(histories.metric == "test_accuracy") & (histories.epoch <= 3)]
+    threshold = curve[curve.run_id == runs.loc[runs["param.train.epochs"] == "3", "run_id"].item()]
+    target = threshold.value.iloc[-1]  # reached at epoch 3 by the 3-epoch run, at the latest
+    table = summarize(runs, histories=histories, by=["param.train.epochs"], solved_threshold=target)
+    rows = table.set_index("param.train.epochs")
+    first = threshold[threshold.value >= target].epoch.min()
+    assert rows.loc["3", "solved"] == 1 and rows.loc["3", "solved_epoch_mean"] == first
+    seconds = histories[
+        (histories.metric == "epoch_seconds") & (histories.run_id == threshold.run_id.iloc[0])
+    ].value.mean()
+    assert rows.loc["3", "epoch_seconds_mean"] == pytest.approx(seconds)
