@@ -13,6 +13,7 @@ Only finished runs enter the means; failed (diverged) and killed runs are counte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -22,6 +23,13 @@ import pandas as pd
 from analysis.runs import load_histories, load_runs
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+# Params that may differ between runs pooled in one row.
+IGNORED_PARAMS = {
+    "param.seed",
+    "param.mlflow.run_name",
+    "param.mlflow.experiment_name",
+    "param.mlflow.tracking_uri",
+}
 
 
 def summarize(
@@ -45,13 +53,18 @@ def summarize(
             the runs that did).
 
     Returns:
-        One row per group with ``runs``, ``failed``, ``<metric>_mean``, ``<metric>_std``
-        (sample std over seeds, NaN for one run), ``epoch_seconds_mean`` and the solved columns.
+        One row per group with ``runs``, ``failed``, ``configs`` (distinct settings apart from
+        the seed: more than 1 means different configurations were pooled, so add ``by``
+        columns), ``<metric>_mean``, ``<metric>_std`` (sample std over seeds, NaN for one run),
+        ``epoch_seconds_mean`` and the solved columns.
 
     Raises:
         KeyError: if no finished run logged ``metric``.
     """
     keys = ["method", "data", *by]
+    for column in by:  # params are stored as strings; sort numbers as numbers
+        with contextlib.suppress(ValueError, TypeError):
+            runs = runs.assign(**{column: pd.to_numeric(runs[column])})
     if histories is not None and not histories.empty:
         seconds = histories[histories.metric == "epoch_seconds"].groupby("run_id")["value"].mean()
         runs = runs.assign(epoch_seconds=runs["run_id"].map(seconds))
@@ -75,6 +88,14 @@ def summarize(
         columns["solved"] = grouped["solved_epoch"].count()
         columns["solved_epoch_mean"] = grouped["solved_epoch"].mean()
     counts = runs.groupby(keys).agg(runs=("run_id", "size"), failed=("failed", "sum"))
+    # Runs that differ in anything but the seed should not be pooled as "seeds".
+    settings = [c for c in runs if c.startswith("param.") and c not in IGNORED_PARAMS]
+    signature = (
+        pd.util.hash_pandas_object(runs[settings].astype(object).fillna(""), index=False)
+        if settings
+        else 0
+    )
+    counts["configs"] = runs.assign(_signature=signature).groupby(keys)["_signature"].nunique()
     return counts.join(pd.DataFrame(columns)).reset_index()
 
 
@@ -116,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     histories = load_histories(args.tracking_uri, runs, ["epoch_seconds", args.metric])
     table = summarize(runs, args.metric, histories, args.by, args.solved_threshold)
+    pooled = table[table["configs"] > 1]
+    if not pooled.empty:
+        print(
+            f"warning: {len(pooled)} row(s) pool runs whose settings differ beyond the seed; "
+            "split them with --by param.<key>",
+            file=sys.stderr,
+        )
     if args.csv:
         table.to_csv(args.csv, index=False)
     print(table.to_markdown(index=False, floatfmt=".4f"))

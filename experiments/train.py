@@ -16,6 +16,7 @@ Failure handling:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import signal
@@ -102,11 +103,14 @@ def build_model(cfg: DictConfig, data: Dataset) -> torch.nn.Module:
         raise ConfigError(str(cause) if "model." in str(cause) else f"model: {cause}") from None
 
 
-def check_compatible(method: Any, data: Dataset) -> None:
-    """Run the model and loss on two training examples, so a model/data mismatch fails early.
+def check_compatible(method: Any, data: Dataset, cfg: DictConfig) -> None:
+    """Fail early on a model/data mismatch or a budget the method cannot use.
+
+    Runs the model and loss on two training examples, and gives the method its budget
+    (:meth:`~methods.base.Method.on_train_start`, which :func:`~experiments.loop.fit` repeats).
 
     Raises:
-        ConfigError: with the underlying shape error, before any run is created.
+        ConfigError: with the underlying error, before any run is created.
     """
     x, y = data.x_train[:2], data.y_train[:2]
     try:
@@ -114,8 +118,13 @@ def check_compatible(method: Any, data: Dataset) -> None:
             method.loss.metrics(method.forward(x), y)
     except (ValueError, RuntimeError, IndexError) as error:
         raise ConfigError(
-            f"model={method.model.__class__.__name__} cannot train on data={data.name}: {error}"
+            f"model={cfg.model.name} cannot train on data={data.name}: {error}"
         ) from None
+    batches = math.ceil(len(data.x_train) / cfg.train.batch_size)
+    try:
+        method.on_train_start(cfg.train.epochs, batches)
+    except MethodConfigError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _hydra_info() -> dict[str, Any]:
@@ -175,7 +184,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         method = build_method(cfg.method.name, model, loss, _options(cfg.method, ("name",)))
     except MethodConfigError as error:
         raise ConfigError(str(error)) from None
-    check_compatible(method, data)
+    check_compatible(method, data, cfg)
     info = _hydra_info()
     tags = {
         "method": cfg.method.name,

@@ -215,11 +215,17 @@ class Method(ABC):
             param.grad = None
 
     def on_train_start(self, epochs: int, batches_per_epoch: int) -> None:
-        """Hook called once before training with the budget, for methods with phases; no-op.
+        """Hook called before training with the budget, for methods with phases; no-op.
+
+        It may be called more than once with the same budget (the entry point checks the budget
+        before the run is created, then the loop calls it), so it must only set state.
 
         Args:
             epochs: the run's budget in epochs (``train.epochs``).
             batches_per_epoch: number of updates per epoch.
+
+        Raises:
+            MethodConfigError: if the method cannot use this budget.
         """
         return
 

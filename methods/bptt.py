@@ -15,7 +15,10 @@ every ``probe_every`` epochs, with ``torch.autograd.grad`` so no ``.grad`` is to
   one MLflow metric per step t, logged at step = epoch, so that analysis can draw norm-vs-t
   curves at any epoch (:func:`analysis.runs.load_time_step_norms`);
 * ``w_hh_sigma_max_layer{l}``: the largest singular value of each layer's ``W_hh``;
-* ``grad_norm`` (per batch, averaged into ``train_grad_norm``): the gradient norm before clipping.
+* ``grad_norm`` (per training batch, averaged into ``train_grad_norm``; measured on the training
+  batches, not the probe): the gradient norm before clipping (for ``tbptt``, the largest over
+  the batch's segments), and for ``tbptt`` ``updates`` (``train_updates``): optimiser steps per
+  batch. For GRU/LSTM, ``W_hh`` is the cell's stacked gate matrix ``(gates * hidden, hidden)``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import torch
 
-from experiments.losses import Loss
+from experiments.losses import IGNORE_INDEX, Loss
 from experiments.rnn import RecurrentNetwork, State
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
 
@@ -130,7 +133,7 @@ class TruncatedBPTT(BPTT):
     """Truncated BPTT: one update per segment of ``truncation`` steps (Sutskever 2013, 2.6).
 
     The hidden state is carried across segments and detached at each border. A segment without
-    a loss term (with ``readout=last``, every segment but the last) makes no update. The updates
+    a scored target makes no update (:meth:`segment_loss`). The updates
     of all segments but the last are applied inside :meth:`compute_update`; the last segment's
     gradient is left in ``.grad`` for :meth:`apply_update`, so with ``truncation >= T`` this is
     exactly :class:`BPTT`.
@@ -157,9 +160,17 @@ class TruncatedBPTT(BPTT):
     def segment_loss(
         self, outputs: torch.Tensor, y: torch.Tensor, start: int, stop: int, length: int
     ) -> torch.Tensor | None:
-        """The loss terms inside steps ``[start, stop)`` of a ``length``-step sequence, or None."""
+        """The loss terms inside steps ``[start, stop)`` of a ``length``-step sequence, or None.
+
+        ``None`` when the segment holds no scored target: with ``readout=last`` every segment
+        but the last; with ``readout=every`` a segment whose targets are all ``IGNORE_INDEX``
+        (e.g. the delay of the copy task).
+        """
         if self.model.readout == "every":
-            return self.loss(outputs, y[:, start:stop])
+            targets = y[:, start:stop]
+            if not targets.is_floating_point() and bool((targets == IGNORE_INDEX).all()):
+                return None
+            return self.loss(outputs, targets)
         return self.loss(outputs, y) if stop == length else None
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -181,10 +192,12 @@ class TruncatedBPTT(BPTT):
             if pending:
                 loss.backward()
                 norms.append(self.clip())
-                outputs_seen.append(outputs.detach())
+            outputs_seen.append(outputs.detach())
             state = detach_state(state)
         if self.model.readout == "every":
             metrics = self.loss.metrics(torch.cat(outputs_seen, dim=1), y)
         else:
             metrics = self.loss.metrics(outputs_seen[-1], y)
-        return {**metrics, "grad_norm": max(norms), "updates": float(len(norms))}
+        # grad_norm: the largest segment gradient norm before clipping; updates: segments with a
+        # loss term, i.e. optimiser steps for this batch.
+        return {**metrics, "grad_norm": max(norms, default=0.0), "updates": float(len(norms))}

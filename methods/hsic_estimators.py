@@ -8,6 +8,9 @@ code. All functions work on ``(m, features)`` tensors on any device, with no loo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 
 
@@ -52,6 +55,46 @@ def centering_matrix(m: int, like: torch.Tensor) -> torch.Tensor:
     return torch.eye(m, dtype=like.dtype, device=like.device) - 1.0 / m
 
 
+def centered(kx: torch.Tensor) -> torch.Tensor:
+    """``H K H``, the doubly centred kernel matrix, ``(m, m)``."""
+    return kx - kx.mean(dim=0, keepdim=True) - kx.mean(dim=1, keepdim=True) + kx.mean()
+
+
+def regularized_projection(kx: torch.Tensor, epsilon: float = 1e-5) -> torch.Tensor:
+    """``R = K H (K H + epsilon m I)^-1``, ``(m, m)``: one side of the normalised HSIC.
+
+    Raises:
+        ValueError: if ``epsilon <= 0``.
+    """
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    m = kx.shape[0]
+    kh = kx @ centering_matrix(m, kx)
+    ridge = epsilon * m * torch.eye(m, dtype=kx.dtype, device=kx.device)
+    # K H and (K H + c I)^-1 commute, so the right inverse is a linear solve.
+    return torch.linalg.solve(kh + ridge, kh)
+
+
+class Estimator(NamedTuple):
+    """An HSIC estimator split in two, so that fixed kernels (``X``, ``Y``) are prepared once.
+
+    ``pair(prepare(K), prepare(L))`` is the estimate for kernel matrices ``K`` and ``L``.
+    """
+
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    pair: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def biased_estimator() -> Estimator:
+    """``(m - 1)^-2 tr(K H L H) = (m - 1)^-2 sum((H K H) * (H L H))`` (``H`` is idempotent)."""
+    return Estimator(centered, lambda a, b: (a * b).sum() / (a.shape[0] - 1) ** 2)
+
+
+def normalized_estimator(epsilon: float = 1e-5) -> Estimator:
+    """``tr(R_K R_L) = sum(R_K * R_L^T)`` with :func:`regularized_projection`."""
+    return Estimator(lambda k: regularized_projection(k, epsilon), lambda a, b: (a * b.T).sum())
+
+
 def hsic_biased(kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
     """Biased empirical HSIC ``(m - 1)^-2 tr(K H L H)`` of kernel matrices ``K = kx``, ``L = ky``.
 
@@ -60,9 +103,9 @@ def hsic_biased(kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: if the matrices are not square of the same size, or ``m < 2``.
     """
-    m = _check_pair(kx, ky)
-    h = centering_matrix(m, kx)
-    return torch.trace(kx @ h @ ky @ h) / (m - 1) ** 2
+    _check_pair(kx, ky)
+    estimator = biased_estimator()
+    return estimator.pair(estimator.prepare(kx), estimator.prepare(ky))
 
 
 def normalized_hsic(kx: torch.Tensor, ky: torch.Tensor, epsilon: float = 1e-5) -> torch.Tensor:
@@ -76,14 +119,9 @@ def normalized_hsic(kx: torch.Tensor, ky: torch.Tensor, epsilon: float = 1e-5) -
         ValueError: if the matrices are not square of the same size, ``m < 2`` or
             ``epsilon <= 0``.
     """
-    m = _check_pair(kx, ky)
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
-    h = centering_matrix(m, kx)
-    ridge = epsilon * m * torch.eye(m, dtype=kx.dtype, device=kx.device)
-    # K H and (K H + c I)^-1 commute, so the right inverse is a linear solve.
-    r_k, r_l = (torch.linalg.solve(g @ h + ridge, g @ h) for g in (kx, ky))
-    return (r_k * r_l.T).sum()
+    _check_pair(kx, ky)
+    estimator = normalized_estimator(epsilon)
+    return estimator.pair(estimator.prepare(kx), estimator.prepare(ky))
 
 
 def _check_pair(kx: torch.Tensor, ky: torch.Tensor) -> int:
@@ -96,4 +134,4 @@ def _check_pair(kx: torch.Tensor, ky: torch.Tensor) -> int:
     return kx.shape[0]
 
 
-ESTIMATORS = {"normalized": normalized_hsic, "biased": hsic_biased}
+ESTIMATORS = {"normalized": normalized_estimator, "biased": biased_estimator}

@@ -107,12 +107,17 @@ class DifferenceTargetPropagation(Method):
             raise MethodConfigError(f"method.noise_std: must be {bound}, got {noise_std}")
         if inverse_activation != "same" and inverse_activation not in ACTIVATIONS:
             raise MethodConfigError(
-                f"method.inverse_activation: must be 'same' or one of {', '.join(ACTIVATIONS)}"
+                f"method.inverse_activation: must be 'same' or one of {', '.join(ACTIVATIONS)}, "
+                f"got {inverse_activation!r}"
             )
         if inverse_init not in INVERSE_INITS:
-            raise MethodConfigError(f"method.inverse_init: must be one of {INVERSE_INITS}")
+            raise MethodConfigError(
+                f"method.inverse_init: must be one of {INVERSE_INITS}, got {inverse_init!r}"
+            )
         if schedule not in SCHEDULES:
-            raise MethodConfigError(f"method.schedule: must be one of {', '.join(SCHEDULES)}")
+            raise MethodConfigError(
+                f"method.schedule: must be one of {', '.join(SCHEDULES)}, got {schedule!r}"
+            )
         if not isinstance(feedback_pretrain_epochs, int) or feedback_pretrain_epochs < 0:
             raise MethodConfigError("method.feedback_pretrain_epochs: must be an integer >= 0")
         self.target_stepsize = target_stepsize
@@ -286,6 +291,18 @@ class DifferenceTargetPropagation(Method):
         self._sums.clear()
         self._counts.clear()
         return metrics
+
+    def on_train_start(self, epochs: int, batches_per_epoch: int) -> None:
+        """Check that the feedback pre-training leaves epochs to train the network.
+
+        Raises:
+            MethodConfigError: if ``feedback_pretrain_epochs >= epochs``.
+        """
+        if self.feedback_pretrain_epochs >= epochs:
+            raise MethodConfigError(
+                f"method.feedback_pretrain_epochs: {self.feedback_pretrain_epochs} pre-training "
+                f"epochs leave none of the train.epochs={epochs} budget to train the network"
+            )
 
     def on_epoch_end(self, epoch: int) -> None:
         """Advance the schedule (pre-training, alternation)."""

@@ -59,8 +59,10 @@ def test_summary_groups_and_first_solved_epoch(make_config, tracking_uri):
     table = summarize(runs, histories=histories, by=["param.train.epochs"], solved_threshold=target)
     rows = table.set_index("param.train.epochs")
     first = threshold[threshold.value >= target].epoch.min()
-    assert rows.loc["3", "solved"] == 1 and rows.loc["3", "solved_epoch_mean"] == first
+    assert rows.loc[3, "solved"] == 1 and rows.loc[3, "solved_epoch_mean"] == first
+    assert list(table["configs"]) == [1, 1]
+    assert list(summarize(runs, histories=histories)["configs"]) == [2]  # pooled: flagged
     seconds = histories[
         (histories.metric == "epoch_seconds") & (histories.run_id == threshold.run_id.iloc[0])
     ].value.mean()
-    assert rows.loc["3", "epoch_seconds_mean"] == pytest.approx(seconds)
+    assert rows.loc[3, "epoch_seconds_mean"] == pytest.approx(seconds)

@@ -189,3 +189,14 @@ def test_training_logs_per_layer_metrics_and_learns(make_config, name):
         history = client.get_metric_history(logged.info.run_id, key)
         assert [m.step for m in history] == [1, 2, 3] and all(m.value >= 0 for m in history)
     assert "inverse_loss_layer1" not in logged.data.metrics  # the first layer has no inverse
+
+
+def test_pretraining_longer_than_the_budget_fails_before_a_run(make_config, tracking_uri):
+    from analysis.runs import load_runs
+
+    cfg = make_config(
+        "method=dtp", "method.feedback_pretrain_epochs=5", "train.epochs=5", "data=digits"
+    )
+    with pytest.raises(ConfigError, match="method.feedback_pretrain_epochs: 5 pre-training"):
+        run(cfg)
+    assert load_runs(tracking_uri, cfg.mlflow.experiment_name).empty
