@@ -1,0 +1,216 @@
+"""Decoupled neural interfaces: synthetic gradients for feed-forward networks (DNI, cDNI).
+
+Jaderberg, Czarnecki, Osindero, Vinyals, Graves, Silver & Kavukcuoglu, "Decoupled neural
+interfaces using synthetic gradients", ICML 2017 (arXiv 1608.05343), Sec. 2 and 3.2.
+
+The MLP is cut after each hidden layer ``h_i`` (i = 1..H), so block ``i`` is layer ``i`` and the
+output block is the output layer. A synthetic-gradient module ``M_i`` predicts
+``dL/dh_i`` from ``h_i`` (cDNI: from ``h_i`` and the one-hot label, ``conditioned=true``).
+
+* Update-unlocked forward updates: block ``i``'s parameters get ``(dh_i/dtheta_i)^T M_i(h_i)`` at
+  once, computed on the detached ``h_{i-1}``; the output block gets the true gradient of ``L``.
+* ``M_i`` regresses (MSE) onto the gradient arriving from above, detached: the true
+  ``dL/dh_H`` for the last decoupled layer, the bootstrapped
+  ``(dh_{i+1}/dh_i)^T M_{i+1}(h_{i+1})`` below it (Sec. 2, Fig. 2). Training the modules never
+  touches the base network (their gradients are taken with respect to their own parameters only,
+  after the base network's update has been written).
+* ``M_i`` is linear or a small MLP (``hidden_sizes``) with its output layer zero-initialised, so
+  training starts with zero synthetic gradients (Sec. 3).
+
+Logged per epoch: ``sg_loss_layer{i}`` (mean training MSE of ``M_i``) and ``sg_cosine_layer{i}``:
+the cosine between ``M_i(h_i)`` and the true backprop ``dL/dh_i`` on a fixed probe batch (the
+first training batch), a diagnostic not used for training.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from experiments.losses import CrossEntropy, Loss
+from experiments.models import MLP
+from methods.base import Method, MethodConfigError, make_optimizer, register_method
+
+
+class SyntheticGradientModule(nn.Module):
+    """``M(h[, c]) -> dL/dh estimate``: ``(batch, width) -> (batch, width)``.
+
+    Args:
+        width: size of the decoupled activation ``h``.
+        context_size: size of the conditioning vector ``c`` (0 for plain DNI).
+        hidden_sizes: ReLU hidden layers (``[]``: linear, as the paper's cDNI).
+
+    The output layer starts at zero (Jaderberg et al. 2017, Sec. 3).
+    """
+
+    def __init__(self, width: int, context_size: int = 0, hidden_sizes: Sequence[int] = ()):
+        super().__init__()
+        sizes = [width + context_size, *hidden_sizes, width]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted ``dL/dh`` for ``h`` ``(batch, width)`` and optional ``context``."""
+        return self.net(h if context is None else torch.cat([h, context], dim=1))
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine of two tensors flattened to vectors (0 if either is zero)."""
+    a, b = a.flatten(), b.flatten()
+    denominator = a.norm() * b.norm()
+    return (a @ b / denominator).item() if denominator > 0 else 0.0
+
+
+@register_method("dni")
+class DecoupledNeuralInterfaces(Method):
+    """Feed-forward DNI / cDNI (Jaderberg et al. 2017).
+
+    Args:
+        model: an :class:`~experiments.models.MLP`.
+        loss: task loss (cDNI conditions on the one-hot label for classification, on the target
+            itself for regression).
+        optimizer: optimiser config for the base network.
+        synthetic_optimizer: optimiser config for the synthetic-gradient modules.
+        conditioned: cDNI (``M_i`` also sees the label).
+        hidden_sizes: hidden layers of each ``M_i``; ``[]`` for linear modules.
+
+    Raises:
+        MethodConfigError: for a non-MLP model or bad options.
+    """
+
+    def __init__(
+        self,
+        model: MLP,
+        loss: Loss,
+        optimizer: Mapping[str, Any],
+        synthetic_optimizer: Mapping[str, Any],
+        conditioned: bool = False,
+        hidden_sizes: Sequence[int] = (),
+    ) -> None:
+        super().__init__(model, loss)
+        if not isinstance(model, MLP):
+            raise MethodConfigError(f"method={self.name} needs model=mlp")
+        if any(not isinstance(s, int) or s < 1 for s in hidden_sizes):
+            raise MethodConfigError(
+                f"method.hidden_sizes: must be positive integers, got {list(hidden_sizes)}"
+            )
+        self.conditioned = conditioned
+        context = model.output_size if conditioned else 0
+        self.synthetic_modules = nn.ModuleList(
+            SyntheticGradientModule(width, context, hidden_sizes) for width in model.hidden_sizes
+        ).to(next(model.parameters()))
+        self.optimizer = make_optimizer(model.parameters(), optimizer)
+        self.synthetic_optimizer = make_optimizer(
+            self.synthetic_modules.parameters(), synthetic_optimizer, "method.synthetic_optimizer"
+        )
+        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._sums: dict[str, float] = defaultdict(float)
+        self._steps = 0
+
+    def context(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+        """CDNI's conditioning vector: one-hot labels or regression targets; else ``None``."""
+        if not self.conditioned:
+            return None
+        if isinstance(self.loss, CrossEntropy):
+            return F.one_hot(y, self.model.output_size).to(like.dtype)
+        return y.to(like.dtype).reshape(len(y), -1)
+
+    def synthetic_gradient(self, i: int, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``M_i(h_i[, y])`` for hidden layer ``i`` (1-based), ``(batch, width_i)``.
+
+        The prediction the base network is updated with (tests replace it with an oracle).
+        """
+        return self.synthetic_modules[i - 1](h, self.context(y, h))
+
+    def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Write the synthetic-gradient updates into ``.grad``, then train the modules."""
+        if self.probe is None:
+            self.probe = (x.detach().clone(), y.detach().clone())
+        self.zero_grad()
+        layers = self.model.layers
+        hidden_count = len(layers) - 1
+        inputs = [x.flatten(1)]  # inputs[i - 1] is the detached input of block i
+        below: list[torch.Tensor] = []  # (dh_i/dh_{i-1})^T M_i(h_i), the target for M_{i-1}
+        for i in range(1, hidden_count + 1):
+            h_in = inputs[-1].detach().requires_grad_(i > 1)
+            h = self.model.activation(layers[i - 1](h_in))
+            with torch.no_grad():
+                g = self.synthetic_gradient(i, h.detach(), y)
+            wrt = [layers[i - 1].weight, layers[i - 1].bias] + ([h_in] if i > 1 else [])
+            grads = torch.autograd.grad(h, wrt, grad_outputs=g)
+            layers[i - 1].weight.grad, layers[i - 1].bias.grad = grads[0], grads[1]
+            if i > 1:
+                below.append(grads[2])
+            inputs.append(h.detach())
+        h_top = inputs[-1].requires_grad_(True)
+        output = layers[-1](h_top)
+        grad_w, grad_b, true_top = torch.autograd.grad(
+            self.loss(output, y), [layers[-1].weight, layers[-1].bias, h_top]
+        )
+        layers[-1].weight.grad, layers[-1].bias.grad = grad_w, grad_b
+        targets = [*below, true_top]  # target of M_i: from block i + 1, or the true gradient
+        self.train_synthetic(inputs[1:], targets, y)
+        return self.loss.metrics(output.detach(), y)
+
+    def train_synthetic(
+        self, hidden: list[torch.Tensor], targets: list[torch.Tensor], y: torch.Tensor
+    ) -> list[float]:
+        """One step of every ``M_i`` towards its (detached) target; returns the MSE losses."""
+        losses = [
+            F.mse_loss(module(h.detach(), self.context(y, h)), target.detach())
+            for module, h, target in zip(self.synthetic_modules, hidden, targets)
+        ]
+        params = list(self.synthetic_modules.parameters())
+        for param, grad in zip(params, torch.autograd.grad(sum(losses), params)):
+            param.grad = grad
+        self.synthetic_optimizer.step()
+        for i, value in enumerate(losses, start=1):
+            self._sums[f"sg_loss_layer{i}"] += value.item()
+        self._steps += 1
+        return [value.item() for value in losses]
+
+    def true_hidden_gradients(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """Backprop's ``dL/dh_i`` for i = 1..H on a batch (no ``.grad`` touched)."""
+        activations = self.model.forward_layers(x)
+        return list(torch.autograd.grad(self.loss(activations[-1], y), activations[:-1]))
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """``sg_loss_layer{i}`` epoch means and ``sg_cosine_layer{i}`` on the probe batch."""
+        metrics = {key: total / max(self._steps, 1) for key, total in sorted(self._sums.items())}
+        self._sums.clear()
+        self._steps = 0
+        if self.probe is not None:
+            x, y = self.probe
+            true = self.true_hidden_gradients(x, y)
+            with torch.no_grad():
+                hidden = self.model.forward_layers(x)[:-1]
+                for i, (h, g) in enumerate(zip(hidden, true), start=1):
+                    metrics[f"sg_cosine_layer{i}"] = cosine(self.synthetic_gradient(i, h, y), g)
+        return metrics
+
+
+@register_method("cdni")
+class ConditionedDNI(DecoupledNeuralInterfaces):
+    """cDNI: :class:`DecoupledNeuralInterfaces` with ``conditioned=True`` by default."""
+
+    def __init__(
+        self,
+        model: MLP,
+        loss: Loss,
+        optimizer: Mapping[str, Any],
+        synthetic_optimizer: Mapping[str, Any],
+        conditioned: bool = True,
+        hidden_sizes: Sequence[int] = (),
+    ) -> None:
+        super().__init__(model, loss, optimizer, synthetic_optimizer, conditioned, hidden_sizes)
