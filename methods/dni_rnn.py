@@ -1,0 +1,179 @@
+"""Synthetic gradients for recurrent networks: truncated BPTT with a synthetic future gradient.
+
+Jaderberg et al., "Decoupled neural interfaces using synthetic gradients", ICML 2017, Sec. 3.1
+(Fig. 3): the sequence is cut into segments of ``truncation`` steps as in truncated BPTT, and at
+each segment's end the gradient of all future losses with respect to the hidden state, which
+truncation throws away, is replaced by a synthetic gradient ``M(h_end)``. For every segment::
+
+    update  = dL_segment/dtheta + synthetic_scale * (dh_end/dtheta)^T M(h_end)
+    delta   = dL_segment/dh_start + (dh_end/dh_start)^T M(h_end)
+
+``delta``, the gradient that arrives at the segment's start, is the (bootstrapped, detached)
+regression target of ``M`` at the previous border; no synthetic gradient is used past the end of
+the sequence. ``synthetic_scale`` is the paper's 0.1. ``M`` is linear or a small MLP with a
+zero-initialised output layer (:class:`methods.dni.SyntheticGradientModule`).
+
+Supported: one recurrent layer of ``model.cell=rnn`` or ``gru`` (the hidden state is then the
+whole recurrent state). Logged per epoch beside the BPTT diagnostics: ``sg_loss`` (mean MSE of
+``M``) and ``sg_cosine``: the cosine between ``M(h_t)`` and the true full-BPTT ``dL/dh_t`` at the
+segment borders of the probe batch (a diagnostic only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from experiments.losses import Loss
+from experiments.rnn import RecurrentNetwork
+from methods.base import MethodConfigError, make_optimizer, register_method
+from methods.bptt import TruncatedBPTT
+from methods.dni import SyntheticGradientModule, cosine
+
+
+@register_method("dni_rnn")
+class RecurrentDNI(TruncatedBPTT):
+    """Truncated BPTT with a synthetic gradient at every segment border (Jaderberg et al. 2017).
+
+    Args:
+        model: a one-layer :class:`~experiments.rnn.RecurrentNetwork` with ``cell=rnn|gru``.
+        loss: task loss.
+        optimizer: optimiser config of the network.
+        synthetic_optimizer: optimiser config of the synthetic-gradient module.
+        truncation: segment length in steps (>= 1).
+        synthetic_scale: factor on the synthetic gradient in the network's update (>= 0; 0.1
+            in the paper).
+        hidden_sizes: hidden layers of ``M`` (``[]``: linear).
+        clip_grad_norm, probe_every: as :class:`~methods.bptt.BPTT`.
+
+    Raises:
+        MethodConfigError: for an unsupported model or bad options.
+    """
+
+    def __init__(
+        self,
+        model: RecurrentNetwork,
+        loss: Loss,
+        optimizer: Mapping[str, Any],
+        synthetic_optimizer: Mapping[str, Any],
+        truncation: int = 10,
+        synthetic_scale: float = 0.1,
+        hidden_sizes: Sequence[int] = (),
+        clip_grad_norm: float | None = None,
+        probe_every: int = 1,
+    ) -> None:
+        super().__init__(model, loss, optimizer, truncation, clip_grad_norm, probe_every)
+        if model.num_layers != 1 or model.cell_name not in ("rnn", "gru"):
+            raise MethodConfigError(
+                "method=dni_rnn supports one recurrent layer of model.cell=rnn or gru "
+                f"(got num_layers={model.num_layers}, cell={model.cell_name})"
+            )
+        if not synthetic_scale >= 0:
+            raise MethodConfigError(f"method.synthetic_scale: must be >= 0, got {synthetic_scale}")
+        self.synthetic_scale = synthetic_scale
+        self.synthetic_module = SyntheticGradientModule(model.hidden_size, 0, hidden_sizes).to(
+            next(model.parameters())
+        )
+        self.synthetic_optimizer = make_optimizer(
+            self.synthetic_module.parameters(), synthetic_optimizer, "method.synthetic_optimizer"
+        )
+        self._sg_loss, self._sg_steps = 0.0, 0
+
+    def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Run the segments with synthetic future gradients, then train ``M`` on the borders."""
+        if self.probe is None:
+            self.probe = (x.detach().clone(), y.detach().clone())
+        x = self.model.as_sequence(x)
+        length = x.shape[1]
+        params = list(self.model.parameters())
+        state = self.model.initial_state(len(x), x)
+        borders, deltas, outputs_seen, norms = [], [], [], []
+        pending = False
+        for start in range(0, length, self.truncation):
+            stop = min(start + self.truncation, length)
+            if pending:
+                self.optimizer.step()
+            self.zero_grad()
+            h_start = state[0].detach().requires_grad_(start > 0)
+            outputs, _, state = self.model.run(x[:, start:stop], [h_start])
+            h_end = state[0]
+            wrt = params + ([h_start] if start > 0 else [])
+            loss = self.segment_loss(outputs, y, start, stop, length)
+            real = self._gradients(loss, wrt, retain=stop < length)
+            synthetic = [None] * len(wrt)
+            if stop < length:  # a synthetic gradient for the future beyond this segment
+                with torch.no_grad():
+                    predicted = self.synthetic_module(h_end.detach())
+                synthetic = self._gradients((h_end * predicted).sum(), wrt, retain=False)
+                borders.append(h_end.detach())
+            if start > 0:  # the gradient arriving at this segment's start: M's target
+                deltas.append(_add(real[-1], synthetic[-1], 1.0, like=h_start).detach())
+            for param, r, g in zip(params, real, synthetic):
+                # A segment with no loss and a zero-scaled synthetic gradient makes no update.
+                no_update = r is None and (g is None or self.synthetic_scale == 0)
+                param.grad = None if no_update else _add(r, g, self.synthetic_scale, like=param)
+            pending = any(param.grad is not None for param in params)
+            if pending:
+                norms.append(self.clip())
+            outputs_seen.append(outputs.detach())
+            state = [h_end.detach()]
+        self._train_synthetic(borders, deltas)
+        if self.model.readout == "every":
+            metrics = self.loss.metrics(torch.cat(outputs_seen, dim=1), y)
+        else:
+            metrics = self.loss.metrics(outputs_seen[-1], y)
+        return {**metrics, "grad_norm": max(norms, default=0.0), "updates": float(len(norms))}
+
+    @staticmethod
+    def _gradients(
+        objective: torch.Tensor | None, wrt: list[torch.Tensor], retain: bool
+    ) -> list[torch.Tensor | None]:
+        if objective is None:
+            return [None] * len(wrt)
+        return list(torch.autograd.grad(objective, wrt, retain_graph=retain, allow_unused=True))
+
+    def _train_synthetic(self, borders: list[torch.Tensor], deltas: list[torch.Tensor]) -> None:
+        """One step of ``M`` on every (border state, arriving gradient) pair of the batch."""
+        if not borders:
+            return
+        predictions = self.synthetic_module(torch.cat(borders))
+        loss = F.mse_loss(predictions, torch.cat(deltas))
+        params = list(self.synthetic_module.parameters())
+        for param, grad in zip(params, torch.autograd.grad(loss, params)):
+            param.grad = grad
+        self.synthetic_optimizer.step()
+        self._sg_loss += loss.item()
+        self._sg_steps += 1
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """BPTT diagnostics plus ``sg_loss`` and the probe-batch ``sg_cosine``."""
+        metrics = super().epoch_metrics()
+        if self._sg_steps:
+            metrics["sg_loss"] = self._sg_loss / self._sg_steps
+        self._sg_loss, self._sg_steps = 0.0, 0
+        if self.probe is not None:
+            x, y = self.probe
+            outputs, hidden, _ = self.model.run(x)
+            borders = list(range(self.truncation, len(hidden), self.truncation))
+            if borders:
+                true = torch.autograd.grad(
+                    self.loss(outputs, y), [hidden[t - 1] for t in borders], allow_unused=True
+                )
+                with torch.no_grad():
+                    predicted = torch.cat([self.synthetic_module(hidden[t - 1]) for t in borders])
+                actual = torch.cat(
+                    [g if g is not None else torch.zeros_like(hidden[0]) for g in true]
+                )
+                metrics["sg_cosine"] = cosine(predicted, actual)
+        return metrics
+
+
+def _add(
+    real: torch.Tensor | None, synthetic: torch.Tensor | None, scale: float, like: torch.Tensor
+) -> torch.Tensor:
+    """``real + scale * synthetic``, either possibly ``None`` (then zero)."""
+    total = torch.zeros_like(like) if real is None else real
+    return total if synthetic is None else total + scale * synthetic
