@@ -78,7 +78,7 @@ def summarize(
     finished = runs[runs["status"] == "FINISHED"]
     if metric not in finished:
         raise KeyError(f"no finished run logged {metric!r}")
-    grouped = finished.groupby(keys)
+    grouped = finished.groupby(keys, dropna=False)
     columns = {
         f"{metric}_mean": grouped[metric].mean(),
         f"{metric}_std": grouped[metric].std(),
@@ -87,7 +87,7 @@ def summarize(
     if "solved_epoch" in finished:
         columns["solved"] = grouped["solved_epoch"].count()
         columns["solved_epoch_mean"] = grouped["solved_epoch"].mean()
-    counts = runs.groupby(keys).agg(runs=("run_id", "size"), failed=("failed", "sum"))
+    counts = runs.groupby(keys, dropna=False).agg(runs=("run_id", "size"), failed=("failed", "sum"))
     # Runs that differ in anything but the seed should not be pooled as "seeds".
     settings = [c for c in runs if c.startswith("param.") and c not in IGNORED_PARAMS]
     signature = (
@@ -95,7 +95,9 @@ def summarize(
         if settings
         else 0
     )
-    counts["configs"] = runs.assign(_signature=signature).groupby(keys)["_signature"].nunique()
+    counts["configs"] = (
+        runs.assign(_signature=signature).groupby(keys, dropna=False)["_signature"].nunique()
+    )
     return counts.join(pd.DataFrame(columns)).reset_index()
 
 
