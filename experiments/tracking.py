@@ -243,6 +243,17 @@ class RunTracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def log_torch(self, obj: Any, filename: str) -> None:
+        """Save ``obj`` with ``torch.save`` as the artifact ``filename`` of the run."""
+        import tempfile
+
+        import torch
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / filename
+            torch.save(obj, path)
+            self.client.log_artifact(self.run_id, str(path))
+
     def set_tag(self, key: str, value: str) -> None:
         """Set one tag on the run."""
         self.client.set_tag(self.run_id, key, value)

@@ -205,6 +205,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         device,
     )
     with _sigterm_as_interrupt(), RunTracker(cfg, tags, info) as tracker:
+        for filename, obj in method.artifacts().items():
+            tracker.log_torch(obj, filename)
         try:
             final = fit(
                 method,

@@ -229,6 +229,13 @@ class Method(ABC):
         """
         return
 
+    def artifacts(self) -> dict[str, Any]:
+        """Objects saved with the run at its start (``torch.save``), by file name; none by default.
+
+        For fixed parameters a comparison must be able to inspect, e.g. feedback matrices.
+        """
+        return {}
+
     def epoch_metrics(self) -> dict[str, float]:
         """Method-specific scalars to log once per epoch (e.g. inverse losses); empty by default."""
         return {}

@@ -1,0 +1,192 @@
+"""Feedback alignment (FA) and direct feedback alignment (DFA).
+
+FA: Lillicrap, Cownden, Tweed & Akerman, "Random synaptic feedback weights support error
+backpropagation for deep learning", Nature Communications 2016: the backward pass uses fixed
+random matrices ``B_l`` in place of the transposed forward weights ``W_l^T``.
+DFA: Nokland, "Direct feedback alignment provides learning in deep neural networks", NIPS 2016
+(arXiv 1609.01596), Eq. 2-3: each hidden layer receives the output error through its own fixed
+random matrix, ``delta_l = (B_l e) * f'(a_l)``.
+
+For the MLP ``a_l = W_l h_{l-1} + b_l``, ``h_l = f(a_l)`` (l = 1..L, linear output layer) and
+``e = dL/da_L`` (the gradient of the batch-mean loss at the logits), per batch::
+
+    delta_L = e
+    FA:   delta_l = (delta_{l+1} B_{l+1}) * f'(a_l),   B_{l+1} of shape (n_{l+1}, n_l) like W_{l+1}
+    DFA:  delta_l = (e D_l) * f'(a_l),                 D_l of shape (n_L, n_l)
+    dW_l = delta_l^T h_{l-1},  db_l = sum_n delta_l         (rows are examples)
+
+With ``B_{l+1} = W_{l+1}`` (``feedback=symmetric``) FA is exactly backprop. The random matrices
+are drawn once, U(-1/sqrt(rows), 1/sqrt(rows)) with ``rows`` the size of the error they carry
+(Nokland's scaling), from ``feedback_seed`` (or from the run's seeded RNG when null), never
+trained, and saved with the run as the artifact ``feedback_weights.pt``.
+
+Logged per epoch: ``alignment_angle_layer{l}``, the angle in degrees between this method's update
+of ``W_l`` and the backprop gradient on a fixed probe batch (the first training batch), for the
+hidden layers (a diagnostic only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from experiments.losses import Loss
+from experiments.models import MLP
+from methods.base import Method, MethodConfigError, make_optimizer, register_method
+
+FEEDBACK = ("random", "symmetric")
+
+
+def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``arccos(<A, B>_F / (||A||_F ||B||_F))`` in degrees, the cosine clamped to [-1, 1].
+
+    Meulemans et al. 2020, Sec. 5; 90 if either tensor is zero.
+    """
+    denominator = a.norm() * b.norm()
+    if denominator == 0:
+        return 90.0
+    cosine = float((a * b).sum() / denominator)
+    return math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
+
+
+@register_method("fa")
+class FeedbackAlignment(Method):
+    """Feedback alignment (Lillicrap et al. 2016) on an :class:`~experiments.models.MLP`.
+
+    Args:
+        model: the MLP.
+        loss: task loss.
+        optimizer: optimiser config.
+        feedback: ``random`` (fixed random ``B_l``) or ``symmetric`` (``B_l = W_l``, i.e.
+            backprop; a control).
+        feedback_seed: seed of the random matrices, or ``None`` for the run's RNG stream.
+
+    Raises:
+        MethodConfigError: for a non-MLP model or an unknown ``feedback``.
+    """
+
+    def __init__(
+        self,
+        model: MLP,
+        loss: Loss,
+        optimizer: Mapping[str, Any],
+        feedback: str = "random",
+        feedback_seed: int | None = None,
+    ) -> None:
+        super().__init__(model, loss)
+        if not isinstance(model, MLP):
+            raise MethodConfigError(f"method={self.name} needs model=mlp")
+        if feedback not in FEEDBACK:
+            raise MethodConfigError(
+                f"method.feedback: must be one of {', '.join(FEEDBACK)}, got {feedback!r}"
+            )
+        self.feedback = feedback
+        generator = torch.Generator()
+        generator.manual_seed(
+            feedback_seed if feedback_seed is not None else int(torch.randint(2**62, ()))
+        )
+        like = next(model.parameters())
+        self.feedback_weights = [
+            self._draw(shape, generator).to(like) for shape in self.feedback_shapes()
+        ]
+        self.optimizer = make_optimizer(model.parameters(), optimizer)
+        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @staticmethod
+    def _draw(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        bound = 1.0 / math.sqrt(shape[0])
+        return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+
+    def feedback_shapes(self) -> list[tuple[int, int]]:
+        """Shapes of ``B_2 .. B_L``: those of ``W_2 .. W_L``."""
+        return [tuple(layer.weight.shape) for layer in self.model.layers[1:]]
+
+    def backward_error(self, k: int, delta_above: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Error reaching hidden layer ``k`` (1-based) before ``f'``: ``delta_{k+1} B_{k+1}``."""
+        feedback = (
+            self.model.layers[k].weight.detach()
+            if self.feedback == "symmetric"
+            else self.feedback_weights[k - 1]
+        )
+        return delta_above @ feedback
+
+    def updates(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``[(dW_l, db_l)]`` for l = 1..L, flattened as ``[dW_1, db_1, ...]``, and the logits."""
+        layers = self.model.layers
+        h = [x.flatten(1)]
+        derivatives = []
+        for k, layer in enumerate(layers, start=1):
+            a = layer(h[-1]).detach()
+            if k < len(layers):
+                a.requires_grad_(True)
+                out = self.model.activation(a)
+                (derivative,) = torch.autograd.grad(out.sum(), a)
+                derivatives.append(derivative)
+                h.append(out.detach())
+            else:
+                logits = a.requires_grad_(True)
+        (e,) = torch.autograd.grad(self.loss(logits, y), logits)
+        deltas = [e]
+        for k in range(len(layers) - 1, 0, -1):
+            deltas.insert(0, self.backward_error(k, deltas[0], e) * derivatives[k - 1])
+        grads = []
+        for delta, h_in in zip(deltas, h):
+            grads += [delta.T @ h_in, delta.sum(dim=0)]
+        return grads, logits.detach()
+
+    def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Write the feedback-alignment update of every layer into ``.grad``."""
+        if self.probe is None:
+            self.probe = (x.detach().clone(), y.detach().clone())
+        grads, logits = self.updates(x, y)
+        for param, grad in zip(self.model.parameters(), grads):
+            param.grad = grad
+        return self.loss.metrics(logits, y)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """``alignment_angle_layer{l}`` for the hidden layers, on the probe batch."""
+        if self.probe is None:
+            return {}
+        x, y = self.probe
+        grads, _ = self.updates(x, y)
+        true = torch.autograd.grad(self.loss(self.model(x), y), list(self.model.parameters()))
+        return {
+            f"alignment_angle_layer{k}": angle_degrees(grads[2 * (k - 1)], true[2 * (k - 1)])
+            for k in range(1, len(self.model.layers))
+        }
+
+    def artifacts(self) -> dict[str, Any]:
+        """``{"feedback_weights.pt": [B_2, ...]}``: the fixed matrices, saved with the run."""
+        return {"feedback_weights.pt": [b.cpu() for b in self.feedback_weights]}
+
+
+@register_method("dfa")
+class DirectFeedbackAlignment(FeedbackAlignment):
+    """Direct feedback alignment (Nokland 2016): ``delta_l = (e D_l) * f'(a_l)``.
+
+    ``D_l`` has shape ``(n_L, n_l)`` (output size by layer width). Options as
+    :class:`FeedbackAlignment`; ``symmetric`` is not defined for DFA.
+    """
+
+    def __init__(
+        self,
+        model: MLP,
+        loss: Loss,
+        optimizer: Mapping[str, Any],
+        feedback: str = "random",
+        feedback_seed: int | None = None,
+    ) -> None:
+        if feedback != "random":
+            raise MethodConfigError("method.feedback: dfa only has random feedback")
+        super().__init__(model, loss, optimizer, feedback, feedback_seed)
+
+    def feedback_shapes(self) -> list[tuple[int, int]]:
+        """Shapes of ``D_1 .. D_{L-1}``: ``(n_L, n_l)`` for every hidden layer."""
+        return [(self.model.output_size, width) for width in self.model.hidden_sizes]
+
+    def backward_error(self, k: int, delta_above: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """``e D_k``: the output error sent straight to hidden layer ``k``."""
+        return e @ self.feedback_weights[k - 1]

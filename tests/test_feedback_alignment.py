@@ -1,0 +1,118 @@
+"""Feedback alignment and direct feedback alignment."""
+
+import mlflow
+import pytest
+import torch
+
+from experiments.losses import CrossEntropy
+from experiments.models import MLP
+from experiments.train import run
+from methods import MethodConfigError, build_method
+from methods.feedback_alignment import angle_degrees
+
+SGD = {"_target_": "torch.optim.SGD", "lr": 0.05}
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "identity"])
+def test_fa_with_symmetric_feedback_is_backprop(activation):
+    torch.manual_seed(0)
+    model = MLP(5, [7, 6, 4], 3, activation=activation).double()
+    method = build_method("fa", model, CrossEntropy(), {"optimizer": SGD, "feedback": "symmetric"})
+    x, y = torch.randn(9, 5, dtype=torch.float64), torch.randint(0, 3, (9,))
+    expected = torch.autograd.grad(CrossEntropy()(model(x), y), list(model.parameters()))
+    method.compute_update(x, y)
+    for param, grad in zip(model.parameters(), expected):
+        torch.testing.assert_close(param.grad, grad, rtol=1e-12, atol=1e-15)
+
+
+def test_output_layer_update_is_backprop_for_both():
+    torch.manual_seed(1)
+    for name in ("fa", "dfa"):
+        model = MLP(5, [6, 6], 3, activation="tanh").double()
+        method = build_method(name, model, CrossEntropy(), {"optimizer": SGD})
+        x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+        true = torch.autograd.grad(CrossEntropy()(model(x), y), list(model.parameters()))
+        method.compute_update(x, y)
+        torch.testing.assert_close(model.layers[-1].weight.grad, true[-2])
+
+
+def test_dfa_sends_the_output_error_directly():
+    torch.manual_seed(2)
+    model = MLP(4, [5, 5], 3, activation="identity").double()
+    method = build_method("dfa", model, CrossEntropy(), {"optimizer": SGD, "feedback_seed": 7})
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    logits = model(x).detach().requires_grad_(True)
+    (e,) = torch.autograd.grad(CrossEntropy()(logits, y), logits)
+    method.compute_update(x, y)
+    # identity activation: delta_1 = e D_1, dW_1 = delta_1^T x
+    expected = (e @ method.feedback_weights[0]).T @ x
+    torch.testing.assert_close(model.layers[0].weight.grad, expected)
+    assert [tuple(d.shape) for d in method.feedback_weights] == [(3, 5), (3, 5)]
+
+
+def test_feedback_is_fixed_and_seeded():
+    a = build_method(
+        "fa", MLP(4, [5, 5], 3), CrossEntropy(), {"optimizer": SGD, "feedback_seed": 3}
+    )
+    b = build_method(
+        "fa", MLP(4, [5, 5], 3), CrossEntropy(), {"optimizer": SGD, "feedback_seed": 3}
+    )
+    assert all(torch.equal(p, q) for p, q in zip(a.feedback_weights, b.feedback_weights))
+    before = [w.clone() for w in a.feedback_weights]
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    for _ in range(3):
+        a.step(x, y)
+    assert all(torch.equal(p, q) for p, q in zip(a.feedback_weights, before))
+
+
+@pytest.mark.parametrize("name", ["fa", "dfa"])
+def test_alignment_angle_decreases_over_training(name):
+    """The "alignment" effect: W comes to align with the feedback (Lillicrap et al. 2016)."""
+    torch.manual_seed(3)
+    teacher = MLP(10, [20], 4, activation="tanh")
+    x = torch.randn(256, 10)
+    y = teacher(x).argmax(dim=1).detach()
+    model = MLP(10, [32, 32], 4, activation="tanh")
+    method = build_method(
+        name,
+        model,
+        CrossEntropy(),
+        {"optimizer": {"_target_": "torch.optim.SGD", "lr": 0.5}, "feedback_seed": 0},
+    )
+    method.probe = (x, y)
+    start = method.epoch_metrics()
+    for _ in range(400):
+        method.step(x, y)
+    end = method.epoch_metrics()
+    for layer in (1, 2):
+        key = f"alignment_angle_layer{layer}"
+        assert end[key] < start[key] - 5, (key, start[key], end[key])
+
+
+def test_angle_helper():
+    assert angle_degrees(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])) == pytest.approx(90)
+    assert angle_degrees(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0])) == pytest.approx(
+        0, abs=1e-3
+    )
+    assert angle_degrees(torch.zeros(2), torch.ones(2)) == 90.0
+
+
+def test_dfa_has_no_symmetric_feedback():
+    with pytest.raises(MethodConfigError, match="dfa only has random feedback"):
+        build_method(
+            "dfa", MLP(4, [5], 3), CrossEntropy(), {"optimizer": SGD, "feedback": "symmetric"}
+        )
+
+
+@pytest.mark.parametrize("name", ["fa", "dfa"])
+def test_end_to_end_saves_feedback_weights_and_logs_angles(make_config, name):
+    cfg = make_config(f"method={name}", "data=digits", "train.epochs=2")
+    run(cfg)
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    [logged] = mlflow.search_runs(
+        experiment_names=[cfg.mlflow.experiment_name], output_format="list"
+    )
+    assert "alignment_angle_layer1" in logged.data.metrics
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    saved = torch.load(client.download_artifacts(logged.info.run_id, "feedback_weights.pt"))
+    assert len(saved) == 2
