@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments.data import Dataset, minibatches
+from experiments.diagnostics import UpdateDiagnostics
 from methods.base import Method
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def fit(
     generator: torch.Generator,
     on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
     progress: bool | None = None,
+    diagnostics: UpdateDiagnostics | None = None,
+    on_diagnostics: Callable[[int, Mapping[str, float]], None] | None = None,
 ) -> dict[str, float]:
     """Train ``method`` on ``data`` for ``epochs`` passes and evaluate after each.
 
@@ -86,6 +89,9 @@ def fit(
         generator: seeded CPU generator that shuffles each epoch.
         on_epoch: called once per epoch with the metrics above.
         progress: show progress bars; ``None`` shows them only on a terminal.
+        diagnostics: if given, run after every ``diagnostics.every_steps`` updates (off the
+            training path, see :mod:`experiments.diagnostics`).
+        on_diagnostics: called with ``(update count, diagnostic metrics)``.
 
     Returns:
         The last epoch's metrics.
@@ -117,6 +123,10 @@ def fit(
                 raise Diverged(step, loss, "train")
             for key, value in batch_metrics.items():
                 sums[key] += float(value) * len(x)
+            if diagnostics is not None and diagnostics.due(step):
+                result = diagnostics(method)
+                if on_diagnostics is not None:
+                    on_diagnostics(step, result)
         if data.x_train.is_cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

@@ -33,6 +33,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.data import Dataset, DataUnavailableError, carve_validation
+from experiments.diagnostics import UpdateDiagnostics
 from experiments.loop import Diverged, fit
 from experiments.losses import loss_for_task
 from experiments.tracking import RunTracker, fail_sweep
@@ -127,6 +128,14 @@ def check_compatible(method: Any, data: Dataset, cfg: DictConfig) -> None:
         raise ConfigError(str(error)) from None
 
 
+def make_diagnostics(cfg: DictConfig, data: Dataset) -> UpdateDiagnostics | None:
+    """The configured diagnostics on the first ``diagnostics.probe_size`` training examples."""
+    if not cfg.diagnostics.every_steps:
+        return None
+    size = cfg.diagnostics.probe_size
+    return UpdateDiagnostics(data.x_train[:size], data.y_train[:size], cfg.diagnostics.every_steps)
+
+
 def _hydra_info() -> dict[str, Any]:
     if not HydraConfig.initialized():
         return {}
@@ -216,6 +225,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 eval_batch_size=cfg.train.eval_batch_size,
                 generator=generator,
                 on_epoch=lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch),
+                diagnostics=make_diagnostics(cfg, data),
+                on_diagnostics=lambda step, metrics: tracker.log_metrics(metrics, step=step),
             )
         except Diverged as error:
             log.error("run diverged: %s", error)

@@ -28,8 +28,10 @@ KNOWN_KEYS = {
         "method",
         "model",
         "data",
+        "diagnostics",
     },
     "train": {"epochs", "batch_size", "eval_batch_size"},
+    "diagnostics": {"every_steps", "probe_size"},
     "mlflow": {"tracking_uri", "experiment_name", "run_name"},
 }
 
@@ -134,15 +136,21 @@ def validate_config(cfg: DictConfig) -> None:
                     f"{where}: unknown key; {group or 'the top level'} has only: "
                     f"{', '.join(sorted(known))}"
                 )
-    for group in ("method", "model", "data", "train", "mlflow"):
+    for group in ("method", "model", "data", "train", "mlflow", "diagnostics"):
         if not isinstance(plain.get(group), dict):
             raise ConfigError(f"{group}: missing config group (choose one with {group}=...)")
     _require_int(plain, "seed", 0)
     if plain.get("cpu_threads") is not None:
         _require_int(plain, "cpu_threads", 1)
     resolve_device(str(plain.get("device")))
-    for key in ("train.epochs", "train.batch_size", "train.eval_batch_size"):
+    for key in (
+        "train.epochs",
+        "train.batch_size",
+        "train.eval_batch_size",
+        "diagnostics.probe_size",
+    ):
         _require_int(plain, key, 1)
+    _require_int(plain, "diagnostics.every_steps", 0)
     hidden = _get(plain, "model.hidden_sizes")
     if "hidden_sizes" in plain["model"] and not (
         isinstance(hidden, list) and hidden and all(_is_int(h) and h >= 1 for h in hidden)

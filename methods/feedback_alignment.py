@@ -33,23 +33,12 @@ from typing import Any
 
 import torch
 
+from experiments.diagnostics import angle_degrees
 from experiments.losses import Loss
 from experiments.models import MLP
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
 
 FEEDBACK = ("random", "symmetric")
-
-
-def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``arccos(<A, B>_F / (||A||_F ||B||_F))`` in degrees, the cosine clamped to [-1, 1].
-
-    Meulemans et al. 2020, Sec. 5; 90 if either tensor is zero.
-    """
-    denominator = a.norm() * b.norm()
-    if denominator == 0:
-        return 90.0
-    cosine = float((a * b).sum() / denominator)
-    return math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
 
 
 @register_method("fa")
