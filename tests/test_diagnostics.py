@@ -6,8 +6,8 @@ import torch
 
 from experiments.data.digits import load_digits
 from experiments.diagnostics import UpdateDiagnostics, angle_degrees
-from experiments.losses import CrossEntropy
 from experiments.loop import fit
+from experiments.losses import CrossEntropy
 from experiments.models import MLP
 from experiments.train import run
 from methods import build_method
