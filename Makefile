@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test lint format data ui clean
+.PHONY: install reproduce train test lint format data ui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed ## Create .venv with torch, the project and its test tools
 
-train: install ## The main job (ARGS="data=digits ..." adds Hydra overrides)
+reproduce: install ## The main job: the comparison sweep, then its report in reports/compare/
+	$(BIN)/python -m experiments.train -m experiment=compare $(ARGS)
+	$(BIN)/python -m analysis.report compare
+
+train: install ## One training job (ARGS="method=dtp data=digits ..." adds Hydra overrides)
 	$(BIN)/python -m experiments.train $(ARGS)
 
 test: install ## The whole test suite

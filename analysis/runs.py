@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from experiments.tracking import ROLE_TAG, make_client
+from experiments.tracking import ROLE_TAG, SWEEP_DIR_TAG, make_client
 
 RUN_COLUMNS = ("run_id", "status", "method", "data", "model", "seed")
 
@@ -26,7 +26,8 @@ def load_runs(tracking_uri: str, experiment_name: str, filter_string: str = "") 
         filter_string: an extra MLflow search filter, e.g. ``"tags.method = 'backprop'"``.
 
     Returns:
-        Columns ``run_id, status, method, data, model, seed`` (seed as int), then
+        Columns ``run_id, status, method, data, model, seed`` (seed as int), ``sweep_dir``
+        (the Hydra sweep the run belongs to, or None), then
         ``param.<key>`` for every param and ``<metric>`` for each metric's last value.
         Empty (with those first columns) if the experiment does not exist.
     """
@@ -48,6 +49,7 @@ def load_runs(tracking_uri: str, experiment_name: str, filter_string: str = "") 
             "status": run.info.status,
             **{key: tags.get(key) for key in ("method", "data", "model")},
             "seed": int(tags["seed"]) if "seed" in tags else None,
+            "sweep_dir": tags.get(SWEEP_DIR_TAG),
         }
         row.update({f"param.{k}": v for k, v in run.data.params.items()})
         row.update(run.data.metrics)
@@ -60,7 +62,9 @@ def load_histories(tracking_uri: str, runs: pd.DataFrame, metrics: Sequence[str]
 
     Returns:
         Long format: ``run_id, method, data, model, seed, metric, epoch, value``, sorted by run,
-        metric and epoch. Metrics a run never logged are simply absent.
+        metric and epoch. ``epoch`` is the MLflow step: the epoch for per-epoch metrics, the
+        update count for diagnostics (``alignment/...``). Metrics a run never logged are
+        absent.
     """
     client = make_client(tracking_uri)
     rows = []

@@ -23,6 +23,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -42,6 +43,8 @@ from methods import MethodConfigError, build_method
 
 log = logging.getLogger(__name__)
 
+# Absolute, so that the entry point works whether it runs as ``__main__`` or as the module.
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Keys consumed by the harness, not passed to a loader / builder.
 DATA_HARNESS_KEYS = ("name", "val_fraction", "split_seed")
 
@@ -242,7 +245,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return final
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, float]:
     """Hydra entry point; see the module docstring for the failure behaviour."""
     try:
@@ -256,4 +259,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable copy of this module, not ``__main__``: parallel launchers (joblib,
+    # submitit) pickle the task function by reference, which only works for a real module.
+    from experiments import train
+
+    train.main()

@@ -128,3 +128,67 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_metrics(tmp_path, tracking_uri):
     [run] = finished_runs(tracking_uri, "cli_sigint")
     assert run.info.status == "KILLED"
     assert client.get_metric_history(run.info.run_id, "test_loss")
+
+
+def test_report_builds_from_a_tiny_sweep_and_matches_the_store(tmp_path, tracking_uri):
+    from analysis.report import build_report
+    from analysis.runs import load_runs
+
+    result = train(
+        tmp_path,
+        tracking_uri,
+        "-m",
+        "method=backprop,fa",
+        "seed=0,1",
+        "data=digits",
+        "train.epochs=1",
+        "diagnostics.every_steps=5",
+        experiment="cli_report",
+    )
+    assert result.returncode == 0, result.stderr
+    written = build_report(tracking_uri, "cli_report", tmp_path / "report")
+    assert {p.name for p in written} == {
+        "summary.csv",
+        "summary.md",
+        "convergence.png",
+        "alignment.png",
+        "vanishing.png",
+    }
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "report" / "summary.csv").set_index("method")
+    runs = load_runs(tracking_uri, "cli_report")
+    for method, group in runs.groupby("method"):
+        assert table.loc[method, "test_accuracy_mean"] == pytest.approx(group.test_accuracy.mean())
+        assert table.loc[method, "runs"] == 2
+    [parent] = [
+        r for r in finished_runs(tracking_uri, "cli_report") if r.data.tags.get("role") == "sweep"
+    ]
+    client = mlflow.MlflowClient(tracking_uri)
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/convergence.png" in logged and "report/summary.md" in logged
+
+
+def test_parallel_joblib_sweep_keeps_every_run_and_metric(tmp_path, tracking_uri):
+    from analysis.runs import load_histories, load_runs
+
+    result = train(
+        tmp_path,
+        tracking_uri,
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "seed=0,1,2,3,4,5,6,7",
+        "data=digits",
+        "train.epochs=2",
+        experiment="cli_joblib",
+    )
+    assert result.returncode == 0, result.stderr
+    runs = load_runs(tracking_uri, "cli_joblib")
+    assert len(runs) == 8 and set(runs.status) == {"FINISHED"} and runs.sweep_dir.nunique() == 1
+    histories = load_histories(tracking_uri, runs, ["test_accuracy", "train_loss", "epoch_seconds"])
+    assert (histories.groupby("run_id").size() == 3 * 2).all()  # 3 metrics x 2 epochs each
+    parents = [
+        r for r in finished_runs(tracking_uri, "cli_joblib") if r.data.tags.get("role") == "sweep"
+    ]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"

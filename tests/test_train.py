@@ -2,6 +2,7 @@
 
 import math
 import os
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -198,3 +199,13 @@ def test_default_budget_reaches_the_target_accuracy(make_config, dataset, thresh
     """The README's claims: backprop with the default MLP and budget, seed 0."""
     final = run(make_config(f"data={dataset}"))
     assert final["test_accuracy"] >= threshold
+
+
+@pytest.mark.parametrize(
+    "preset",
+    sorted(
+        p.stem for p in (Path(__file__).resolve().parents[1] / "conf/experiment").glob("*.yaml")
+    ),
+)
+def test_every_experiment_preset_composes_and_validates(make_config, preset):
+    validate_config(make_config(f"experiment={preset}"))
