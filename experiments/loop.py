@@ -76,7 +76,8 @@ def fit(
     ``train_<m>`` (example-weighted mean over the epoch's batches of each metric the method
     returned, measured before each update), ``test_<m>`` and, with a validation split,
     ``val_<m>`` (after the epoch), ``epoch_seconds`` (wall time of the epoch's updates, excluding
-    evaluation), ``samples_per_second`` and the method's own :meth:`~Method.epoch_metrics`.
+    evaluation and diagnostics), ``samples_per_second`` and the method's own
+    :meth:`~Method.epoch_metrics`.
     Namespaced metrics (a ``/`` in the key, e.g. per-time-step norms ``dL_dh/t001``) are detailed
     diagnostics: tracked, but left out of the per-epoch log line.
 
@@ -106,6 +107,7 @@ def fit(
     method.on_train_start(epochs, n_batches)
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=disable, unit="epoch"):
         sums: dict[str, float] = defaultdict(float)
+        probing = 0.0  # diagnostics time, not counted as training time
         start = time.perf_counter()
         batches = minibatches(data.x_train, data.y_train, batch_size, generator)
         for x, y in tqdm(
@@ -124,12 +126,14 @@ def fit(
             for key, value in batch_metrics.items():
                 sums[key] += float(value) * len(x)
             if diagnostics is not None and diagnostics.due(step):
+                probe_start = time.perf_counter()
                 result = diagnostics(method)
                 if on_diagnostics is not None:
                     on_diagnostics(step, result)
+                probing += time.perf_counter() - probe_start
         if data.x_train.is_cuda:
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start - probing
         metrics = {f"train_{key}": total / len(data.x_train) for key, total in sums.items()}
         splits = {"test": (data.x_test, data.y_test)}
         if data.x_val is not None:
