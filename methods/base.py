@@ -169,6 +169,8 @@ class Method(ABC):
         self.model = model
         self.loss = loss
         self.optimizer: torch.optim.Optimizer | None = None
+        # A fixed batch for a method's own per-epoch diagnostics (see keep_probe).
+        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -190,6 +192,11 @@ class Method(ABC):
             Scalar metrics of this batch. ``"loss"`` (the task loss before the update) is
             required; the loop checks it for divergence and averages it into ``train_loss``.
         """
+
+    def keep_probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Keep the first batch seen as ``self.probe``, for diagnostics that need a fixed one."""
+        if self.probe is None:
+            self.probe = (x.detach().clone(), y.detach().clone())
 
     def apply_update(self) -> None:
         """Apply the update written by :meth:`compute_update` with ``self.optimizer``."""

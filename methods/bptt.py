@@ -94,7 +94,6 @@ class BPTT(Method):
         self.clip_grad_norm = clip_grad_norm
         self.probe_every = probe_every
         self.optimizer = make_optimizer(model.parameters(), optimizer)
-        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self.epochs_done = 0
 
     def clip(self) -> float:
@@ -105,8 +104,7 @@ class BPTT(Method):
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Write the (clipped) full-BPTT gradient into ``.grad``; metrics include ``grad_norm``."""
-        if self.probe is None:
-            self.probe = (x.detach().clone(), y.detach().clone())
+        self.keep_probe(x, y)
         self.zero_grad()
         outputs = self.model(x)
         self.loss(outputs, y).backward()
@@ -175,8 +173,7 @@ class TruncatedBPTT(BPTT):
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Run the segments; see the class docstring for which updates are applied where."""
-        if self.probe is None:
-            self.probe = (x.detach().clone(), y.detach().clone())
+        self.keep_probe(x, y)
         x = self.model.as_sequence(x)
         length = x.shape[1]
         state, norms, pending = None, [], False

@@ -114,7 +114,6 @@ class DecoupledNeuralInterfaces(Method):
         self.synthetic_optimizer = make_optimizer(
             self.synthetic_modules.parameters(), synthetic_optimizer, "method.synthetic_optimizer"
         )
-        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self._sums: dict[str, float] = defaultdict(float)
         self._steps = 0
 
@@ -135,8 +134,7 @@ class DecoupledNeuralInterfaces(Method):
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Write the synthetic-gradient updates into ``.grad``, then train the modules."""
-        if self.probe is None:
-            self.probe = (x.detach().clone(), y.detach().clone())
+        self.keep_probe(x, y)
         self.zero_grad()
         layers = self.model.layers
         hidden_count = len(layers) - 1

@@ -84,8 +84,7 @@ class RecurrentDNI(TruncatedBPTT):
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Run the segments with synthetic future gradients, then train ``M`` on the borders."""
-        if self.probe is None:
-            self.probe = (x.detach().clone(), y.detach().clone())
+        self.keep_probe(x, y)
         x = self.model.as_sequence(x)
         length = x.shape[1]
         params = list(self.model.parameters())

@@ -82,7 +82,6 @@ class FeedbackAlignment(Method):
             self._draw(shape, generator).to(like) for shape in self.feedback_shapes()
         ]
         self.optimizer = make_optimizer(model.parameters(), optimizer)
-        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def _draw(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -128,8 +127,7 @@ class FeedbackAlignment(Method):
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Write the feedback-alignment update of every layer into ``.grad``."""
-        if self.probe is None:
-            self.probe = (x.detach().clone(), y.detach().clone())
+        self.keep_probe(x, y)
         grads, logits = self.updates(x, y)
         for param, grad in zip(self.model.parameters(), grads):
             param.grad = grad
