@@ -246,10 +246,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> dict[str, float]:
-    """Hydra entry point; see the module docstring for the failure behaviour."""
+def main(cfg: DictConfig) -> dict[str, float] | float:
+    """Hydra entry point; see the module docstring for the failure behaviour.
+
+    Returns the final metrics, or with ``train.objective`` set, that metric's final value (NaN
+    for a diverged run) for a sweeper such as Optuna.
+    """
     try:
-        return run(cfg)
+        final = run(cfg)
+        if cfg.train.objective is None:
+            return final
+        return float(final.get(cfg.train.objective, math.nan))
     except (ConfigError, DataUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         info = _hydra_info()

@@ -30,7 +30,7 @@ KNOWN_KEYS = {
         "data",
         "diagnostics",
     },
-    "train": {"epochs", "batch_size", "eval_batch_size"},
+    "train": {"epochs", "batch_size", "eval_batch_size", "objective"},
     "diagnostics": {"every_steps", "probe_size"},
     "mlflow": {"tracking_uri", "experiment_name", "run_name"},
 }
@@ -161,6 +161,15 @@ def validate_config(cfg: DictConfig) -> None:
     fraction = _get(plain, "data.val_fraction", 0.0)
     if not _is_number(fraction) or not 0.0 <= fraction < 1.0:
         raise ConfigError(f"data.val_fraction: must lie in [0, 1), got {fraction!r}")
+    objective = _get(plain, "train.objective")
+    if objective is not None:
+        if not (isinstance(objective, str) and objective.startswith("val_")):
+            raise ConfigError(
+                f"train.objective: must be a validation metric (val_...), got {objective!r}: "
+                "tuning on the test set would make the comparison worthless"
+            )
+        if fraction == 0.0:
+            raise ConfigError("train.objective: needs a validation split (data.val_fraction > 0)")
     if not _get(plain, "mlflow.experiment_name"):
         raise ConfigError("mlflow.experiment_name: must be a non-empty string")
     method = dict(plain["method"])

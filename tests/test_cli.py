@@ -192,3 +192,24 @@ def test_parallel_joblib_sweep_keeps_every_run_and_metric(tmp_path, tracking_uri
         r for r in finished_runs(tracking_uri, "cli_joblib") if r.data.tags.get("role") == "sweep"
     ]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def test_optuna_search_tunes_on_the_validation_split(tmp_path, tracking_uri):
+    from analysis.runs import load_runs
+
+    result = train(
+        tmp_path,
+        tracking_uri,
+        "-m",
+        "experiment=tune",
+        "method=backprop",
+        "search=backprop",
+        "data=digits",
+        "train.epochs=1",
+        "hydra.sweeper.n_trials=2",
+        experiment="cli_tune",
+    )
+    assert result.returncode == 0, result.stderr
+    runs = load_runs(tracking_uri, "cli_tune")
+    assert len(runs) == 2 and runs["param.method.optimizer.lr"].nunique() == 2
+    assert runs["val_accuracy"].notna().all() and set(runs["param.data.val_fraction"]) == {"0.1"}

@@ -100,6 +100,8 @@ def test_validation_split_metrics(make_config):
         ("+foo=1", "foo: unknown key; the top level has only"),
         ("+mlflow.experiment=x", "mlflow.experiment: unknown key"),
         ("cpu_threads=0", "cpu_threads: must be an integer >= 1"),
+        ("train.objective=test_accuracy", "train.objective: must be a validation metric"),
+        ("train.objective=val_accuracy", "train.objective: needs a validation split"),
     ],
 )
 def test_bad_values_fail_before_training_naming_the_key(make_config, override, message):
@@ -209,3 +211,12 @@ def test_default_budget_reaches_the_target_accuracy(make_config, dataset, thresh
 )
 def test_every_experiment_preset_composes_and_validates(make_config, preset):
     validate_config(make_config(f"experiment={preset}"))
+
+
+@pytest.mark.parametrize(
+    "space",
+    sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf/search").glob("*.yaml")),
+)
+def test_every_search_space_composes(make_config, space):
+    cfg = make_config("experiment=tune", f"method={space}", f"search={space}")
+    assert cfg.method.name == space and cfg.train.objective == "val_accuracy"
