@@ -103,14 +103,16 @@ def convergence_figure(histories: pd.DataFrame, path: Path) -> None:
     panels = [
         ("epoch", "test_accuracy", "epoch", "test accuracy"),
         ("epoch", "train_loss", "epoch", "train loss (nats)"),
-        ("wall_time", "test_accuracy", "wall time (s, training only)", "test accuracy"),
-        ("wall_time", "train_loss", "wall time (s, training only)", "train loss (nats)"),
+        ("wall_time", "test_accuracy", "wall time (s, training only; log scale)", "test accuracy"),
+        ("wall_time", "train_loss", "wall time (s, training only; log scale)", "train loss (nats)"),
     ]
     for ax, (x, y, xlabel, ylabel) in zip(axes.flat, panels):
         sns.lineplot(data=wide, x=x, y=y, hue="method", errorbar=("ci", 95), ax=ax)
         ax.set(xlabel=xlabel, ylabel=ylabel)
         if y == "train_loss":
             ax.set_yscale("log")
+        if x == "wall_time":  # methods differ in cost by orders of magnitude
+            ax.set_xscale("log")
     fig.suptitle("Convergence: mean and 95% confidence band over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -160,10 +162,13 @@ def vanishing_figure(histories: pd.DataFrame, path: Path) -> bool:
     if rows.empty:
         return False
     methods = sorted(rows.method.unique())
-    fig, axes = plt.subplots(
-        1, len(methods) + 1, figsize=(4 * (len(methods) + 1), 3.8), squeeze=False
-    )
-    for ax, method in zip(axes[0], methods):
+    columns = min(4, len(methods) + 1)
+    lines = -(-(len(methods) + 1) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.4 * lines), squeeze=False)
+    cells = list(axes.flat)
+    logs = np.log10(rows["value"].clip(lower=1e-12))
+    limits = {"vmin": logs.min(), "vmax": logs.max()}  # one colour scale for every method
+    for ax, method in zip(cells, methods):
         grid = (
             rows[rows.method == method].groupby(["layer", "epoch"])["value"].mean().unstack("epoch")
         )
@@ -171,25 +176,24 @@ def vanishing_figure(histories: pd.DataFrame, path: Path) -> bool:
             np.log10(grid.clip(lower=1e-12)),
             ax=ax,
             cmap="viridis",
+            **limits,
             cbar_kws={"label": "log10 ||dL/dW||"},
         )
         ax.set(title=method, xlabel="update count", ylabel="layer")
+    for ax in cells[len(methods) + 1 :]:
+        ax.axis("off")
     final = rows.loc[rows.groupby(["run_id", "layer"])["epoch"].idxmax()]
+    depth_ax = cells[len(methods)]
     sns.lineplot(
-        data=final,
-        x="layer",
-        y="value",
-        hue="method",
-        marker="o",
-        errorbar=("ci", 95),
-        ax=axes[0][-1],
+        data=final, x="layer", y="value", hue="method", marker="o", errorbar=("ci", 95), ax=depth_ax
     )
-    axes[0][-1].set(
+    depth_ax.set(
         yscale="log",
         title="final gradient norm vs depth",
         xlabel="layer",
         ylabel="||dL/dW|| (backprop)",
     )
+    fig.suptitle("Backprop gradient norm per layer over training (vanishing / exploding)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
