@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.runs import load_histories, load_runs, load_time_step_norms  # noqa: E402
 from analysis.summary import summarize  # noqa: E402
@@ -97,25 +98,36 @@ def convergence_figure(histories: pd.DataFrame, path: Path) -> None:
         .sort_values(["run_id", "epoch"])
     )
     wide["seconds"] = wide.groupby("run_id")["epoch_seconds"].cumsum()
+    wide["test_accuracy"] = 100 * wide["test_accuracy"]
     # Seeds of one method share the x position of their mean time, so bands span seeds.
     wide["wall_time"] = wide.groupby(["method", "epoch"])["seconds"].transform("mean")
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     panels = [
-        ("epoch", "test_accuracy", "epoch", "test accuracy"),
+        ("epoch", "test_accuracy", "epoch", "test accuracy (%)"),
         ("epoch", "train_loss", "epoch", "train loss (nats)"),
-        ("wall_time", "test_accuracy", "wall time (s, training only; log scale)", "test accuracy"),
+        (
+            "wall_time",
+            "test_accuracy",
+            "wall time (s, training only; log scale)",
+            "test accuracy (%)",
+        ),
         ("wall_time", "train_loss", "wall time (s, training only; log scale)", "train loss (nats)"),
     ]
     for ax, (x, y, xlabel, ylabel) in zip(axes.flat, panels):
-        sns.lineplot(data=wide, x=x, y=y, hue="method", errorbar=("ci", 95), ax=ax)
+        sns.lineplot(
+            data=wide, x=x, y=y, hue="method", errorbar=("ci", 95), ax=ax, legend=ax is axes[0][1]
+        )
         ax.set(xlabel=xlabel, ylabel=ylabel)
         if y == "train_loss":
             ax.set_yscale("log")
         if x == "wall_time":  # methods differ in cost by orders of magnitude
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    sns.move_legend(axes[0][1], "upper left", bbox_to_anchor=(1.02, 1.0), title="method")
     fig.suptitle("Convergence: mean and 95% confidence band over seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -137,19 +149,24 @@ def alignment_figure(histories: pd.DataFrame, path: Path) -> bool:
     rows = layer_table(histories, "alignment")
     if rows.empty:
         return False
+    last = rows["layer"].max()
+    names = {k: f"hidden layer {k}" for k in range(1, last)} | {last: f"output layer ({last})"}
+    rows = rows.assign(panel=rows["layer"].map(names))
     grid = sns.relplot(
         data=rows,
         x="epoch",
         y="value",
         hue="method",
-        col="layer",
+        style="method",
+        col="panel",
+        col_order=[names[k] for k in sorted(names)],
         kind="line",
         errorbar=("ci", 95),
         height=3.5,
         facet_kws={"sharey": True},
     )
     grid.set_axis_labels("update count", "angle with backprop (degrees)")
-    grid.set_titles("weights of layer {col_name}")
+    grid.set_titles("weights of the {col_name}")
     grid.figure.suptitle("Alignment of each method's update with the backprop gradient", y=1.03)
     grid.savefig(path, dpi=120)
     plt.close(grid.figure)
@@ -190,12 +207,14 @@ def vanishing_figure(histories: pd.DataFrame, path: Path) -> bool:
     depth_ax.set(
         yscale="log",
         title="final gradient norm vs depth",
-        xlabel="layer",
+        xlabel="layer (last = output)",
         ylabel="||dL/dW|| (backprop)",
     )
+    depth_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    sns.move_legend(depth_ax, "upper left", bbox_to_anchor=(1.02, 1.0), title="method")
     fig.suptitle("Backprop gradient norm per layer over training (vanishing / exploding)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
 
