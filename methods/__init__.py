@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 
 from methods.base import (
+    EpochMeans,
     Method,
     MethodConfigError,
     available_methods,
@@ -23,6 +24,7 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
+    "EpochMeans",
     "Method",
     "MethodConfigError",
     "available_methods",

@@ -24,7 +24,6 @@ code steps.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 
 from experiments.losses import Loss
 from experiments.models import MLP
-from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
 
 
 @register_method("altmin")
@@ -91,8 +90,7 @@ class AlternatingMinimization(Method):
         self.code_momentum = code_momentum
         self.lr_halving_epochs = lr_halving_epochs
         self.optimizer = make_optimizer(model.parameters(), optimizer)
-        self._shift: dict[str, float] = defaultdict(float)
-        self._steps = 0
+        self.means = EpochMeans()
 
     def forward_codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[c_1^0, ..., c_{L-1}^0]``: the hidden pre-activations, detached, ``(batch, n_l)``."""
@@ -158,16 +156,12 @@ class AlternatingMinimization(Method):
         for layer, (grad_w, grad_b) in zip(self.model.layers, self.layer_updates(x, updated, y)):
             layer.weight.grad, layer.bias.grad = grad_w, grad_b
         for i, (old, new) in enumerate(zip(codes, updated), start=1):
-            self._shift[f"code_shift_layer{i}"] += (new - old).norm(dim=1).mean().item()
-        self._steps += 1
+            self.means.add(f"code_shift_layer{i}", (new - old).norm(dim=1).mean().item())
         return metrics
 
     def epoch_metrics(self) -> dict[str, float]:
         """Epoch means of ``code_shift_layer{l}``."""
-        metrics = {key: total / max(self._steps, 1) for key, total in sorted(self._shift.items())}
-        self._shift.clear()
-        self._steps = 0
-        return metrics
+        return self.means.pop()
 
     def on_epoch_end(self, epoch: int) -> None:
         """Halve the weights' learning rate every ``lr_halving_epochs`` epochs."""

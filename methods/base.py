@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -147,6 +148,30 @@ def make_optimizer(
         return cls(list(params), **options)
     except (TypeError, ValueError) as error:
         raise MethodConfigError(f"{key} ({target}): {error}") from error
+
+
+class EpochMeans:
+    """Per-key means of scalars logged during an epoch, for :meth:`Method.epoch_metrics`.
+
+    Each key is averaged over the number of times it was added, so a quantity measured only in
+    some steps (e.g. in one phase of a schedule) is not diluted by the others.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = defaultdict(float)
+        self._counts: dict[str, int] = defaultdict(int)
+
+    def add(self, key: str, value: float) -> None:
+        """Record one value of ``key``."""
+        self._sums[key] += value
+        self._counts[key] += 1
+
+    def pop(self) -> dict[str, float]:
+        """The means so far, sorted by key, and reset for the next epoch."""
+        means = {key: total / self._counts[key] for key, total in sorted(self._sums.items())}
+        self._sums.clear()
+        self._counts.clear()
+        return means
 
 
 class Method(ABC):

@@ -24,7 +24,6 @@ first training batch), a diagnostic not used for training.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,7 +33,7 @@ from torch import nn
 
 from experiments.losses import CrossEntropy, Loss
 from experiments.models import MLP
-from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
 
 
 class SyntheticGradientModule(nn.Module):
@@ -114,8 +113,7 @@ class DecoupledNeuralInterfaces(Method):
         self.synthetic_optimizer = make_optimizer(
             self.synthetic_modules.parameters(), synthetic_optimizer, "method.synthetic_optimizer"
         )
-        self._sums: dict[str, float] = defaultdict(float)
-        self._steps = 0
+        self.means = EpochMeans()
 
     def context(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
         """CDNI's conditioning vector: one-hot labels or regression targets; else ``None``."""
@@ -174,8 +172,7 @@ class DecoupledNeuralInterfaces(Method):
             param.grad = grad
         self.synthetic_optimizer.step()
         for i, value in enumerate(losses, start=1):
-            self._sums[f"sg_loss_layer{i}"] += value.item()
-        self._steps += 1
+            self.means.add(f"sg_loss_layer{i}", value.item())
         return [value.item() for value in losses]
 
     def true_hidden_gradients(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
@@ -185,9 +182,7 @@ class DecoupledNeuralInterfaces(Method):
 
     def epoch_metrics(self) -> dict[str, float]:
         """``sg_loss_layer{i}`` epoch means and ``sg_cosine_layer{i}`` on the probe batch."""
-        metrics = {key: total / max(self._steps, 1) for key, total in sorted(self._sums.items())}
-        self._sums.clear()
-        self._steps = 0
+        metrics = self.means.pop()
         if self.probe is not None:
             x, y = self.probe
             true = self.true_hidden_gradients(x, y)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from experiments.losses import Loss
 from experiments.rnn import RecurrentNetwork
-from methods.base import MethodConfigError, make_optimizer, register_method
+from methods.base import EpochMeans, MethodConfigError, make_optimizer, register_method
 from methods.bptt import TruncatedBPTT
 from methods.dni import SyntheticGradientModule, cosine
 
@@ -80,7 +80,7 @@ class RecurrentDNI(TruncatedBPTT):
         self.synthetic_optimizer = make_optimizer(
             self.synthetic_module.parameters(), synthetic_optimizer, "method.synthetic_optimizer"
         )
-        self._sg_loss, self._sg_steps = 0.0, 0
+        self.means = EpochMeans()
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Run the segments with synthetic future gradients, then train ``M`` on the borders."""
@@ -144,15 +144,11 @@ class RecurrentDNI(TruncatedBPTT):
         for param, grad in zip(params, torch.autograd.grad(loss, params)):
             param.grad = grad
         self.synthetic_optimizer.step()
-        self._sg_loss += loss.item()
-        self._sg_steps += 1
+        self.means.add("sg_loss", loss.item())
 
     def epoch_metrics(self) -> dict[str, float]:
         """BPTT diagnostics plus ``sg_loss`` and the probe-batch ``sg_cosine``."""
-        metrics = super().epoch_metrics()
-        if self._sg_steps:
-            metrics["sg_loss"] = self._sg_loss / self._sg_steps
-        self._sg_loss, self._sg_steps = 0.0, 0
+        metrics = {**super().epoch_metrics(), **self.means.pop()}
         if self.probe is not None:
             x, y = self.probe
             outputs, hidden, _ = self.model.run(x)

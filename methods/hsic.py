@@ -32,7 +32,6 @@ labels by a permutation, which needs one unit per class).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 
 from experiments.losses import CrossEntropy, Loss
 from experiments.models import MLP
-from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
 from methods.hsic_estimators import ESTIMATORS, gaussian_kernel, median_sigma
 
 
@@ -120,8 +119,7 @@ class HSICBottleneck(Method):
         )
         self.hsic_epochs = math.inf  # set by on_train_start
         self.epochs_done = 0
-        self._sums: dict[str, float] = defaultdict(float)
-        self._steps = 0
+        self.means = EpochMeans()
         # Unformatted accuracy: which label each last-hidden unit stands for, by majority vote of
         # the training examples on which it was the argmax (previous epoch's counts).
         width = model.hidden_sizes[-1]
@@ -191,9 +189,8 @@ class HSICBottleneck(Method):
             loss = self.loss(output, y)
             head.weight.grad, head.bias.grad = torch.autograd.grad(loss, list(head.parameters()))
         for i, (_, hx, hy) in enumerate(objectives, start=1):
-            self._sums[f"hsic_zx_layer{i}"] += hx.item()
-            self._sums[f"hsic_zy_layer{i}"] += hy.item()
-        self._steps += 1
+            self.means.add(f"hsic_zx_layer{i}", hx.item())
+            self.means.add(f"hsic_zy_layer{i}", hy.item())
         return self.loss.metrics(output.detach(), y)
 
     def _vote(self, units: torch.Tensor, y: torch.Tensor) -> None:
@@ -229,15 +226,13 @@ class HSICBottleneck(Method):
         as classes). ``test_accuracy`` is the format layer's: chance level until the format
         phase starts.
         """
-        metrics = {key: total / max(self._steps, 1) for key, total in sorted(self._sums.items())}
+        metrics = self.means.pop()
         metrics["phase"] = float(self.formatting)
         if self._unformatted_seen:
             metrics["unformatted_train_accuracy"] = self._unformatted_hits / self._unformatted_seen
         self._unit_labels = self._votes.argmax(dim=1)
         self._votes.zero_()
         self._unformatted_hits, self._unformatted_seen = 0.0, 0
-        self._sums.clear()
-        self._steps = 0
         return metrics
 
     def on_epoch_end(self, epoch: int) -> None:

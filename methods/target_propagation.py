@@ -35,7 +35,6 @@ of ``g_i`` (not scaled by ``1/sigma^2``, so DTP and DRL compare), and
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +43,7 @@ from torch import nn
 
 from experiments.losses import Loss
 from experiments.models import ACTIVATIONS, MLP
-from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
 
 SCHEDULES = ("per_batch", "alternating")
 INVERSE_INITS = ("orthogonal", "default")
@@ -146,8 +145,7 @@ class DifferenceTargetPropagation(Method):
             if len(self.inverses)
             else None
         )
-        self._sums: dict[str, float] = defaultdict(float)
-        self._counts: dict[str, int] = defaultdict(int)
+        self.means = EpochMeans()
 
     @property
     def num_hidden(self) -> int:
@@ -223,7 +221,7 @@ class DifferenceTargetPropagation(Method):
             layer = self.model.layers[i - 1]
             layer.weight.grad, layer.bias.grad = update
             distance = (h[i] - targets[i]).norm(dim=1).mean().item()
-            self._accumulate(f"target_distance_layer{i}", distance)
+            self.means.add(f"target_distance_layer{i}", distance)
         head = self.model.layers[-1]
         head.weight.grad, head.bias.grad = head_grads
         return self.loss.metrics(output, y)
@@ -255,7 +253,7 @@ class DifferenceTargetPropagation(Method):
             param.grad = grad
         self.feedback_optimizer.step()
         for i, value in losses.items():
-            self._accumulate(f"inverse_loss_layer{i}", value.item())
+            self.means.add(f"inverse_loss_layer{i}", value.item())
         return {i: value.item() for i, value in losses.items()}
 
     def phase(self) -> str:
@@ -281,16 +279,9 @@ class DifferenceTargetPropagation(Method):
         with torch.no_grad():
             return self.loss.metrics(self.model(x), y)
 
-    def _accumulate(self, key: str, value: float) -> None:
-        self._sums[key] += value
-        self._counts[key] += 1
-
     def epoch_metrics(self) -> dict[str, float]:
         """Epoch means of ``inverse_loss_layer{i}`` and ``target_distance_layer{i}``; resets."""
-        metrics = {key: total / self._counts[key] for key, total in sorted(self._sums.items())}
-        self._sums.clear()
-        self._counts.clear()
-        return metrics
+        return self.means.pop()
 
     def on_train_start(self, epochs: int, batches_per_epoch: int) -> None:
         """Check that the feedback pre-training leaves epochs to train the network.

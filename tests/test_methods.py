@@ -127,3 +127,14 @@ def test_readme_example_method_plugs_in_unchanged(make_config):
     assert "sign_sgd" in available_methods()
     final = run(make_config("data=digits", "train.epochs=1", "method.name=sign_sgd"))
     assert final["test_accuracy"] > 0.5
+
+
+def test_epoch_means_average_each_key_over_its_own_count():
+    from methods import EpochMeans
+
+    means = EpochMeans()
+    for value in (1.0, 2.0, 6.0):
+        means.add("every_step", value)
+    means.add("once", 5.0)
+    assert means.pop() == {"every_step": 3.0, "once": 5.0}
+    assert means.pop() == {}  # reset for the next epoch
