@@ -102,13 +102,19 @@ def _sweep_filter(sweep_dir: str) -> str:
     return f"tags.{SWEEP_DIR_TAG} = '{escaped}' and tags.{ROLE_TAG} = 'sweep'"
 
 
-def get_or_create_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str:
-    """Id of the parent run that groups the jobs of the sweep writing to ``sweep_dir``."""
+def find_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str | None:
+    """Id of the parent run of the sweep writing to ``sweep_dir``, or ``None``."""
     runs = client.search_runs(
         [experiment_id], filter_string=_sweep_filter(sweep_dir), max_results=1
     )
-    if runs:
-        return runs[0].info.run_id
+    return runs[0].info.run_id if runs else None
+
+
+def get_or_create_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str:
+    """Id of the parent run that groups the jobs of the sweep writing to ``sweep_dir``."""
+    existing = find_sweep_run(client, experiment_id, sweep_dir)
+    if existing is not None:
+        return existing
     run = client.create_run(
         experiment_id,
         run_name=f"sweep {Path(sweep_dir).name}",
@@ -164,12 +170,10 @@ def fail_sweep(cfg: DictConfig, sweep_dir: str, reason: str) -> None:
         experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
         if experiment is None:
             return
-        runs = client.search_runs(
-            [experiment.experiment_id], _sweep_filter(sweep_dir), max_results=1
-        )
-        if runs:
-            client.set_tag(runs[0].info.run_id, FAILURE_TAG, truncate(reason, 5000))
-            client.set_terminated(runs[0].info.run_id, "FAILED")
+        run_id = find_sweep_run(client, experiment.experiment_id, sweep_dir)
+        if run_id is not None:
+            client.set_tag(run_id, FAILURE_TAG, truncate(reason, 5000))
+            client.set_terminated(run_id, "FAILED")
     except Exception as error:
         log.warning("could not mark the sweep's parent run failed: %s", error)
 

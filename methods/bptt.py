@@ -191,10 +191,18 @@ class TruncatedBPTT(BPTT):
                 norms.append(self.clip())
             outputs_seen.append(outputs.detach())
             state = detach_state(state)
+        return self.segment_metrics(outputs_seen, y, norms)
+
+    def segment_metrics(
+        self, outputs: list[torch.Tensor], y: torch.Tensor, norms: list[float]
+    ) -> dict[str, float]:
+        """Batch metrics from the segments' outputs and their gradient norms before clipping.
+
+        ``grad_norm`` is the largest segment norm; ``updates`` the number of optimiser steps
+        (segments with a loss term) for this batch.
+        """
         if self.model.readout == "every":
-            metrics = self.loss.metrics(torch.cat(outputs_seen, dim=1), y)
+            metrics = self.loss.metrics(torch.cat(outputs, dim=1), y)
         else:
-            metrics = self.loss.metrics(outputs_seen[-1], y)
-        # grad_norm: the largest segment gradient norm before clipping; updates: segments with a
-        # loss term, i.e. optimiser steps for this batch.
+            metrics = self.loss.metrics(outputs[-1], y)
         return {**metrics, "grad_norm": max(norms, default=0.0), "updates": float(len(norms))}

@@ -120,11 +120,7 @@ class RecurrentDNI(TruncatedBPTT):
             outputs_seen.append(outputs.detach())
             state = [h_end.detach()]
         self._train_synthetic(borders, deltas)
-        if self.model.readout == "every":
-            metrics = self.loss.metrics(torch.cat(outputs_seen, dim=1), y)
-        else:
-            metrics = self.loss.metrics(outputs_seen[-1], y)
-        return {**metrics, "grad_norm": max(norms, default=0.0), "updates": float(len(norms))}
+        return self.segment_metrics(outputs_seen, y, norms)
 
     @staticmethod
     def _gradients(
