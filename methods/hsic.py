@@ -153,6 +153,12 @@ class HSICBottleneck(Method):
         ``Z_i`` is computed from the detached ``Z_{i-1}``, so layer ``i``'s objective depends on
         layer ``i``'s parameters only.
         """
+        return self._objectives_and_top(x, y)[0]
+
+    def _objectives_and_top(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """:meth:`objectives` and the last hidden layer ``Z_H`` ``(batch, width)``, detached."""
         inputs = x.flatten(1)
         onehot = F.one_hot(y, self.model.output_size).to(inputs.dtype)
         # X's and Y's kernels are the same for every layer: prepare them once per batch.
@@ -164,7 +170,7 @@ class HSICBottleneck(Method):
             k_z = self.prepared_kernel(z)
             hx, hy = self.hsic_estimator.pair(k_z, k_x), self.hsic_estimator.pair(k_z, k_y)
             results.append((hx - self.beta * hy, hx, hy))
-        return results
+        return results, z.detach()
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """HSIC phase: each hidden layer's objective gradient; format phase: the format layer's.
@@ -174,14 +180,13 @@ class HSICBottleneck(Method):
         self.zero_grad()
         formatting = self.formatting
         with torch.set_grad_enabled(not formatting):
-            objectives = self.objectives(x, y)
+            objectives, features = self._objectives_and_top(x, y)
         if not formatting:
             for layer, (objective, _, _) in zip(self.model.layers[:-1], objectives):
                 params = list(layer.parameters())
                 for param, grad in zip(params, torch.autograd.grad(objective, params)):
                     param.grad = grad
         with torch.no_grad():
-            features = self.model.forward_layers(x)[-2]
             self._vote(features.argmax(dim=1), y)
         head = self.model.layers[-1]
         output = head(features)

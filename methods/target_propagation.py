@@ -212,9 +212,14 @@ class DifferenceTargetPropagation(Method):
             updates.append(torch.autograd.grad(local, [layer.weight, layer.bias]))
         return updates
 
-    def forward_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Compute targets and write every forward parameter's update into ``.grad``."""
-        h = self.hidden_activations(x)
+    def forward_step(
+        self, x: torch.Tensor, y: torch.Tensor, h: list[torch.Tensor] | None = None
+    ) -> dict[str, float]:
+        """Compute targets and write every forward parameter's update into ``.grad``.
+
+        ``h``: :meth:`hidden_activations` of ``x`` if already computed at the current weights.
+        """
+        h = self.hidden_activations(x) if h is None else h
         top, head_grads, output = self.top_target(h[-1], y)
         targets = self.propagate_targets(h, top)
         for i, update in enumerate(self.forward_update(h, targets), start=1):
@@ -238,11 +243,17 @@ class DifferenceTargetPropagation(Method):
         """Factor on the summed inverse losses before their gradient (1 for DTP)."""
         return 1.0
 
-    def feedback_step(self, x: torch.Tensor) -> dict[int, float]:
-        """One update of every inverse on batch ``x``; returns ``{i: reconstruction error}``."""
+    def feedback_step(
+        self, x: torch.Tensor, h: list[torch.Tensor] | None = None
+    ) -> dict[int, float]:
+        """One update of every inverse on batch ``x``; returns ``{i: reconstruction error}``.
+
+        ``h``: :meth:`hidden_activations` of ``x`` if already computed (the inverses' update
+        does not change the forward weights, so one forward pass serves both steps).
+        """
         if self.feedback_optimizer is None:
             return {}
-        h = self.hidden_activations(x)
+        h = self.hidden_activations(x) if h is None else h
         losses = {}
         for i in range(2, self.num_hidden + 1):
             corrupted = h[i - 1] + self.noise_std * torch.randn_like(h[i - 1])
@@ -272,10 +283,11 @@ class DifferenceTargetPropagation(Method):
         """
         self.zero_grad()
         phase = self.phase()
+        h = self.hidden_activations(x)
         if phase in ("feedback", "both"):
-            self.feedback_step(x)
+            self.feedback_step(x, h)
         if phase in ("forward", "both"):
-            return self.forward_step(x, y)
+            return self.forward_step(x, y, h)
         with torch.no_grad():
             return self.loss.metrics(self.model(x), y)
 
