@@ -66,8 +66,7 @@ class AlternatingMinimization(Method):
         lr_halving_epochs: int | None = 8,
     ) -> None:
         super().__init__(model, loss)
-        if not isinstance(model, MLP):
-            raise MethodConfigError("method=altmin needs model=mlp")
+        self.require_model(MLP, "mlp")
         values = {
             "mu": mu,
             "code_lr": code_lr,

@@ -197,6 +197,16 @@ class Method(ABC):
         # A fixed batch for a method's own per-epoch diagnostics (see keep_probe).
         self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def require_model(self, kind: type[nn.Module], choice: str) -> None:
+        """Check the model type early.
+
+        Raises:
+            MethodConfigError: ``method=<name> needs model=<choice>`` unless ``self.model`` is
+                a ``kind``.
+        """
+        if not isinstance(self.model, kind):
+            raise MethodConfigError(f"method={self.name} needs model={choice}")
+
     @property
     def device(self) -> torch.device:
         """Device of the model's first parameter."""

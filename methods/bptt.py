@@ -81,8 +81,7 @@ class BPTT(Method):
         probe_every: int = 1,
     ) -> None:
         super().__init__(model, loss)
-        if not isinstance(model, RecurrentNetwork):
-            raise MethodConfigError(f"method={self.name} needs model=rnn")
+        self.require_model(RecurrentNetwork, "rnn")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise MethodConfigError(
                 f"method.clip_grad_norm: must be > 0 or null, got {clip_grad_norm}"

@@ -98,8 +98,7 @@ class DecoupledNeuralInterfaces(Method):
         hidden_sizes: Sequence[int] = (),
     ) -> None:
         super().__init__(model, loss)
-        if not isinstance(model, MLP):
-            raise MethodConfigError(f"method={self.name} needs model=mlp")
+        self.require_model(MLP, "mlp")
         if any(not isinstance(s, int) or s < 1 for s in hidden_sizes):
             raise MethodConfigError(
                 f"method.hidden_sizes: must be positive integers, got {list(hidden_sizes)}"

@@ -66,8 +66,7 @@ class FeedbackAlignment(Method):
         feedback_seed: int | None = None,
     ) -> None:
         super().__init__(model, loss)
-        if not isinstance(model, MLP):
-            raise MethodConfigError(f"method={self.name} needs model=mlp")
+        self.require_model(MLP, "mlp")
         if feedback not in FEEDBACK:
             raise MethodConfigError(
                 f"method.feedback: must be one of {', '.join(FEEDBACK)}, got {feedback!r}"

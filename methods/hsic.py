@@ -82,8 +82,7 @@ class HSICBottleneck(Method):
         rebuild_optimizers_each_step: bool = False,
     ) -> None:
         super().__init__(model, loss)
-        if not isinstance(model, MLP):
-            raise MethodConfigError("method=hsic needs model=mlp")
+        self.require_model(MLP, "mlp")
         if not isinstance(loss, CrossEntropy):
             raise MethodConfigError(
                 f"method=hsic needs a classification dataset (one-hot Y), got a {loss.name} loss"

@@ -16,7 +16,7 @@ import torch
 from experiments.losses import CrossEntropy, Loss, MeanSquaredError
 from experiments.models import MLP
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
-from methods.numpy_reference import HIDDEN_ACTIVATIONS, NumpyMLP
+from methods.numpy_reference import NumpyMLP
 
 
 @register_method("numpy_backprop")
@@ -29,13 +29,12 @@ class NumpyBackprop(Method):
         optimizer: optimiser config as for ``backprop``.
 
     Raises:
-        MethodConfigError: for a non-MLP model, an unsupported activation or loss.
+        MethodConfigError: for a non-MLP model or an unsupported loss.
     """
 
     def __init__(self, model: MLP, loss: Loss, optimizer: Mapping[str, Any]) -> None:
         super().__init__(model, loss)
-        if not isinstance(model, MLP) or model.activation_name not in HIDDEN_ACTIVATIONS:
-            raise MethodConfigError("method=numpy_backprop needs model=mlp")
+        self.require_model(MLP, "mlp")
         if isinstance(loss, CrossEntropy):
             output_activation, loss_name = "softmax", "cross_entropy"
         elif isinstance(loss, MeanSquaredError):

@@ -97,8 +97,7 @@ class DifferenceTargetPropagation(Method):
         feedback_pretrain_epochs: int = 0,
     ) -> None:
         super().__init__(model, loss)
-        if not isinstance(model, MLP):
-            raise MethodConfigError(f"method={self.name} needs model=mlp")
+        self.require_model(MLP, "mlp")
         if not target_stepsize > 0:
             raise MethodConfigError(f"method.target_stepsize: must be > 0, got {target_stepsize}")
         if not (noise_std > 0 if self.requires_noise else noise_std >= 0):
