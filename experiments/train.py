@@ -204,15 +204,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "model": cfg.model.name,
         "seed": str(cfg.seed),
         "device": str(device),
+        # Which conf/tuned/<method>_<model>.yaml set the hyperparameters, for filtering in the UI.
+        "tuned": cfg.tuned.name if cfg.tuned else "none",
         "run_name": cfg.mlflow.run_name or f"{cfg.method.name}-{cfg.data.name}-seed{cfg.seed}",
     }
     if info.get("job_num") is not None:
         tags["hydra_job_num"] = info["job_num"]
     log.info(
-        "training %s on %s (%s) for %d epochs on %s",
+        "training %s on %s (%s, tuned defaults: %s) for %d epochs on %s",
         cfg.method.name,
         cfg.data.name,
         cfg.model.name,
+        tags["tuned"],
         cfg.train.epochs,
         device,
     )

@@ -29,6 +29,7 @@ KNOWN_KEYS = {
         "model",
         "data",
         "diagnostics",
+        "tuned",
     },
     "train": {"epochs", "batch_size", "eval_batch_size", "objective"},
     "diagnostics": {"every_steps", "probe_size"},
@@ -109,6 +110,20 @@ def _require_int(plain: dict[str, Any], key: str, minimum: int) -> None:
         raise ConfigError(f"{key}: must be an integer >= {minimum}, got {value!r}")
 
 
+def _check_tuned(tuned: Any, method: str, model: Any) -> None:
+    """Tuned defaults (``conf/tuned/<method>_<model>.yaml``) fit only their own pair."""
+    if tuned is None:
+        return
+    if not isinstance(tuned, dict) or not {"method", "model"} <= tuned.keys():
+        raise ConfigError(f"tuned: must be null or a block with method and model, got {tuned!r}")
+    if (tuned["method"], tuned["model"]) != (method, model):
+        raise ConfigError(
+            f"tuned: {tuned.get('name')} holds the tuned defaults of method={tuned['method']} "
+            f"model={tuned['model']}, not of method={method} model={model}; drop the tuned= "
+            "override (the matching file is picked automatically) or opt out with ~tuned"
+        )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check a composed run config before anything is built.
 
@@ -117,7 +132,7 @@ def validate_config(cfg: DictConfig) -> None:
             group, an unknown method or method option, or an out-of-range value; the message
             starts with the key.
     """
-    from methods import MethodConfigError, check_method_options
+    from methods import MethodConfigError, available_methods, check_method_options
 
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
@@ -176,6 +191,8 @@ def validate_config(cfg: DictConfig) -> None:
     name = method.pop("name", None)
     if not name:
         raise ConfigError("method.name: missing (every conf/method/*.yaml sets it)")
+    if name in available_methods():  # else check_method_options names the unknown method
+        _check_tuned(plain.get("tuned"), name, plain["model"].get("name"))
     try:
         check_method_options(name, method)
     except MethodConfigError as error:

@@ -8,6 +8,7 @@ import time
 
 import mlflow
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -213,3 +214,14 @@ def test_optuna_search_tunes_on_the_validation_split(tmp_path, tracking_uri):
     runs = load_runs(tracking_uri, "cli_tune")
     assert len(runs) == 2 and runs["param.method.optimizer.lr"].nunique() == 2
     assert runs["val_accuracy"].notna().all() and set(runs["param.data.val_fraction"]) == {"0.1"}
+    # The study's best trial becomes tuned defaults that record how to redo the study.
+    from analysis.export_tuned import export
+
+    [path] = export(tracking_uri, "cli_tune", tmp_path / "tuned")
+    config = yaml.safe_load(path.read_text())
+    best = runs.loc[runs["val_accuracy"].idxmax()]
+    assert path.name == "backprop_mlp.yaml" and config["tuned"]["best_run_id"] == best["run_id"]
+    lr = float(best["param.method.optimizer.lr"])
+    assert config["method"] == {"optimizer": {"lr": pytest.approx(lr, rel=1e-3)}}
+    assert config["tuned"]["overrides"] == ["data=digits", "train.epochs=1"]
+    assert config["tuned"]["best_value"] == pytest.approx(best["val_accuracy"], rel=1e-3)

@@ -136,7 +136,9 @@ class NanAfterTwoSteps(Backprop):
 
 
 def test_diverging_run_is_failed_with_step_and_reason(make_config):
-    cfg = make_config("data=digits", "method=backprop", "method.name=test_nan_after_two_steps")
+    cfg = make_config(
+        "data=digits", "method=backprop", "method.name=test_nan_after_two_steps", "~tuned"
+    )
     result = run(cfg)
     assert result == {"diverged_at_step": 3.0}
     [logged] = runs_of(cfg)
@@ -171,7 +173,9 @@ class InterruptInEpochTwo(Backprop):
 
 
 def test_interrupted_run_is_killed_and_keeps_its_metrics(make_config):
-    cfg = make_config("data=digits", "train.epochs=3", "method.name=test_interrupt_in_epoch_two")
+    cfg = make_config(
+        "data=digits", "train.epochs=3", "method.name=test_interrupt_in_epoch_two", "~tuned"
+    )
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
     [logged] = runs_of(cfg)

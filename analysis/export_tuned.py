@@ -1,0 +1,247 @@
+"""Turn Optuna tuning studies into tuned defaults: ``conf/tuned/<method>_<model>.yaml``.
+
+After a study (``python -m experiments.train -m experiment=tune method=M search=M ...``)::
+
+    python -m analysis.export_tuned               # every method x model tuned in experiment 'tune'
+    python -m analysis.export_tuned --method dtp  # one method
+
+For each method x model, the newest study in the MLflow experiment is used (its jobs share a
+``sweep_dir`` tag), and its best finished trial by the study's objective (``train.objective``,
+the last logged value, maximised unless its name ends in ``loss``). The file holds that
+trial's values of exactly the keys of ``conf/search/<method>.yaml``, rounded to 4 significant
+digits, and a ``tuned`` block saying where they came from (logged with every run that uses
+them). ``conf/config.yaml`` applies the file automatically to every run of that method and
+model; ``~tuned`` on the command line opts out. Diverged (``FAILED``) and killed trials never
+count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from analysis.runs import load_runs
+from experiments.tracking import make_client
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SIGNIFICANT_DIGITS = 4
+# Overrides of a trial that say nothing about the study's setting: where it was tracked, the
+# study itself, and the values Optuna sampled.
+NOT_SETTINGS = ("mlflow.", "hydra.", "experiment=", "search=", "method=")
+
+
+def search_space_keys(method: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """Dotted config keys that ``conf/search/<method>.yaml`` lets Optuna tune.
+
+    Raises:
+        ValueError: if the method has no search space.
+    """
+    path = conf_dir / "search" / f"{method}.yaml"
+    if not path.is_file():
+        raise ValueError(f"method {method!r} has no search space ({path} does not exist)")
+    return list(yaml.safe_load(path.read_text()) or {})
+
+
+def parse_param(text: str) -> Any:
+    """An MLflow param string back to the Python value it was logged from (``'1e-05'`` -> 1e-05)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def round_significant(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
+    """Floats to ``digits`` significant digits (readable configs); anything else unchanged."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    return value
+
+
+def best_trial(study: pd.DataFrame, direction: str | None = None) -> tuple[pd.Series, str, str]:
+    """The best finished trial of one study (a :func:`~analysis.runs.load_runs` table).
+
+    Args:
+        study: the study's job runs; the column ``param.train.objective`` names the objective.
+        direction: ``maximize`` or ``minimize``; None infers it from the objective's name.
+
+    Returns:
+        ``(trial row, objective, direction)``.
+
+    Raises:
+        ValueError: if the study has no objective, or no finished trial logged it.
+    """
+    objectives = set(study.get("param.train.objective", pd.Series(dtype=str)).dropna())
+    objectives.discard("None")
+    if len(objectives) != 1:
+        raise ValueError(f"a study needs exactly one train.objective, found {sorted(objectives)}")
+    objective = objectives.pop()
+    direction = direction or ("minimize" if objective.endswith("loss") else "maximize")
+    finished = study[study["status"] == "FINISHED"]
+    if objective not in finished or finished[objective].isna().all():
+        raise ValueError(f"no finished trial logged {objective}")
+    scores = finished[objective]
+    index = scores.idxmax() if direction == "maximize" else scores.idxmin()
+    return finished.loc[index], objective, direction
+
+
+def study_overrides(tracking_uri: str, run_id: str, searched: list[str]) -> list[str]:
+    """The command-line overrides that set up a trial's study (e.g. ``model.cell=gru``).
+
+    Read from the run's ``config/overrides.yaml`` artifact, without the tracking, Hydra and
+    study overrides and the searched keys: what a rerun of the study needs besides
+    ``experiment=tune method=M search=M``.
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one tiny file
+    client = make_client(tracking_uri)
+    path = client.download_artifacts(run_id, "config/overrides.yaml")
+    overrides = yaml.safe_load(Path(path).read_text()) or []
+    return [
+        o
+        for o in overrides
+        if not o.startswith(NOT_SETTINGS) and o.split("=", 1)[0].lstrip("+~") not in searched
+    ]
+
+
+def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def tuned_config(
+    study: pd.DataFrame, direction: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """The tuned-defaults config (``@package _global_``) of one study's best trial.
+
+    Args:
+        study: the study's job runs (:func:`~analysis.runs.load_runs` rows).
+        direction: as in :func:`best_trial`.
+        overrides: the study's setting (:func:`study_overrides`), recorded as provenance.
+
+    Returns:
+        ``{"tuned": provenance, <search-space keys as a nested config>}``.
+
+    Raises:
+        ValueError: as :func:`best_trial` and :func:`search_space_keys`, or if the best trial
+            lacks a searched key.
+    """
+    trial, objective, direction = best_trial(study, direction)
+    method, model = trial["method"], trial["model"]
+    values = {}
+    for key in search_space_keys(method):
+        column = f"param.{key}"
+        if column not in trial or pd.isna(trial[column]):
+            raise ValueError(f"the best trial ({trial['run_id']}) did not log {key}")
+        values[key] = round_significant(parse_param(trial[column]))
+    provenance = {
+        "name": f"{method}_{model}",
+        "method": method,
+        "model": model,
+        "data": trial["data"],
+        "overrides": list(overrides or []),
+        "val_fraction": parse_param(trial["param.data.val_fraction"]),
+        "epochs": parse_param(trial["param.train.epochs"]),
+        "seed": int(trial["seed"]),
+        "objective": objective,
+        "direction": direction,
+        "best_value": round_significant(float(trial[objective])),
+        "trials": len(study),
+        "study": trial["sweep_dir"],
+        "best_run_id": trial["run_id"],
+    }
+    return {"tuned": provenance, **_nest(values)}
+
+
+def write_tuned(config: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``config`` to ``<out_dir>/<method>_<model>.yaml``, headed by how to redo the study."""
+    info = config["tuned"]
+    method, model = info["method"], info["model"]
+    setting = [*info["overrides"], f"hydra.sweeper.n_trials={info['trials']}"]
+    header = (
+        "# @package _global_\n"
+        f"# Tuned defaults of method={method} on model={model}, applied automatically to every\n"
+        f"# run of that pair (`~tuned` opts out): the best of {info['trials']} Optuna trials on a\n"
+        f"# {info['val_fraction']:.0%} validation split of {info['data']}'s training set "
+        f"({info['objective']} after {info['epochs']} epochs, seed {info['seed']}).\n"
+        "# Redo the study, then export it here:\n"
+        f"#   python -m experiments.train -m experiment=tune method={method} search={method} \\\n"
+        f"#     {' '.join(setting)}\n"
+        f"#   python -m analysis.export_tuned --method {method}\n"
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{info['name']}.yaml"
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def export(
+    tracking_uri: str,
+    experiment: str,
+    out_dir: Path,
+    method: str | None = None,
+    direction: str | None = None,
+) -> list[Path]:
+    """Write the tuned defaults of the newest study of every (or one) method x model.
+
+    Raises:
+        ValueError: if the experiment holds no study (of ``method``), or as :func:`tuned_config`.
+    """
+    runs = load_runs(tracking_uri, experiment)
+    if method is not None and not runs.empty:
+        runs = runs[runs["method"] == method]
+    runs = runs[runs["sweep_dir"].notna()] if not runs.empty else runs
+    if runs.empty:
+        which = f" of method {method!r}" if method else ""
+        raise ValueError(f"no tuning study{which} in MLflow experiment {experiment!r}")
+    written = []
+    for (name, _), pair in runs.groupby(["method", "model"], sort=True):
+        newest = pair["sweep_dir"].iloc[0]  # load_runs lists the newest run first
+        study = pair[pair["sweep_dir"] == newest]
+        trial, _, _ = best_trial(study, direction)
+        overrides = study_overrides(tracking_uri, trial["run_id"], search_space_keys(name))
+        written.append(write_tuned(tuned_config(study, direction, overrides), out_dir))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="tune", help="MLflow experiment of the studies")
+    parser.add_argument("--method", help="only this method (default: every method found)")
+    parser.add_argument(
+        "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    )
+    parser.add_argument("--out", default=str(CONF_DIR / "tuned"), help="default: conf/tuned")
+    parser.add_argument(
+        "--direction",
+        choices=("maximize", "minimize"),
+        help="default: minimize objectives named *loss, else maximize",
+    )
+    args = parser.parse_args(argv)
+    try:
+        written = export(
+            args.tracking_uri, args.experiment, Path(args.out), args.method, args.direction
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        info = yaml.safe_load(path.read_text())["tuned"]
+        print(f"{path}: {info['objective']} {info['best_value']} ({info['trials']} trials)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
