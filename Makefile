@@ -6,9 +6,11 @@ BIN := $(VENV)/bin
 # takes the CUDA build of the same version.
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
+METHOD ?=
 PYTEST_ARGS ?=
+METHOD ?=
 
-.PHONY: install reproduce train test lint format data ui clean
+.PHONY: install reproduce train tune test lint format data ui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,11 @@ reproduce: install ## The main job: the comparison sweep, then its report in rep
 
 train: install ## One training job (ARGS="method=dtp data=digits ..." adds Hydra overrides)
 	$(BIN)/python -m experiments.train $(ARGS)
+
+tune: install ## Optuna study of METHOD=<name> on a validation split, then conf/tuned/ from its best trial
+	@test -n "$(METHOD)" || { echo "usage: make tune METHOD=dtp [ARGS='hydra.sweeper.n_trials=40 ...']" >&2; exit 2; }
+	$(BIN)/python -m experiments.train -m experiment=tune method=$(METHOD) search=$(METHOD) $(ARGS)
+	$(BIN)/python -m analysis.export_tuned --method $(METHOD)
 
 test: install ## The whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
