@@ -97,11 +97,17 @@ def study_overrides(tracking_uri: str, run_id: str, searched: list[str]) -> list
     Read from the run's ``config/overrides.yaml`` artifact, without the tracking, Hydra and
     study overrides and the searched keys: what a rerun of the study needs besides
     ``experiment=tune method=M search=M``.
+
+    Raises:
+        ValueError: if the run has no readable ``config/overrides.yaml``.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one tiny file
     client = make_client(tracking_uri)
-    path = client.download_artifacts(run_id, "config/overrides.yaml")
-    overrides = yaml.safe_load(Path(path).read_text()) or []
+    try:
+        path = client.download_artifacts(run_id, "config/overrides.yaml")
+        overrides = yaml.safe_load(Path(path).read_text()) or []
+    except Exception as error:  # MLflow raises several types for a missing artifact
+        raise ValueError(f"run {run_id}: cannot read config/overrides.yaml ({error})") from None
     return [
         o
         for o in overrides

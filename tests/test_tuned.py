@@ -174,3 +174,10 @@ def test_exported_file_composes_back_to_the_best_trial(tmp_path):
     assert text.startswith("# @package _global_\n")
     assert yaml.safe_load(text) == config
     assert search_space_keys("dfa") == ["method.optimizer.lr"]
+
+
+def test_study_without_its_overrides_artifact_is_a_clear_error(tracking_uri):
+    from analysis.export_tuned import study_overrides
+
+    with pytest.raises(ValueError, match="cannot read config/overrides.yaml"):
+        study_overrides(tracking_uri, "0" * 32, [])
