@@ -9,15 +9,18 @@ interrupted keeps everything logged before that moment; its status says what hap
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from experiments.interrupts import held_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +181,17 @@ def fail_sweep(cfg: DictConfig, sweep_dir: str, reason: str) -> None:
         log.warning("could not mark the sweep's parent run failed: %s", error)
 
 
+def _write(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an MLflow write with Ctrl-C / SIGTERM held until it ends (experiments.interrupts)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with held_interrupts():
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 class RunTracker:
     """One MLflow run for one training job; use as a context manager.
 
@@ -185,7 +199,8 @@ class RunTracker:
     flattened config as params, the resolved config and Hydra's overrides as artifacts, and the
     tags. On exit it sets the status: ``FINISHED``; ``KILLED`` for ``KeyboardInterrupt`` (Ctrl-C,
     or SIGTERM converted by the entry point); ``FAILED`` for any other exception, with a
-    ``failure_reason`` tag. Exceptions are never swallowed.
+    ``failure_reason`` tag. Exceptions are never swallowed. An interrupt that arrives during
+    a write to the store takes effect once the write is done, so the store stays consistent.
 
     Args:
         cfg: the composed run config (the ``hydra`` node is ignored if present).
@@ -204,6 +219,16 @@ class RunTracker:
         self.ended = False
 
     def __enter__(self) -> RunTracker:
+        try:
+            self._start()
+        except BaseException as error:
+            if self.run_id is not None:  # ``with`` never calls __exit__ when __enter__ raises
+                self.__exit__(type(error), error, None)
+            raise
+        return self
+
+    @_write
+    def _start(self) -> None:
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
         self.client = make_client(self.cfg.mlflow.tracking_uri)
@@ -237,8 +262,8 @@ class RunTracker:
             self.run_id, OmegaConf.to_yaml(OmegaConf.create(overrides)), "config/overrides.yaml"
         )
         log.info("MLflow run %s in experiment %r", self.run_id, self.cfg.mlflow.experiment_name)
-        return self
 
+    @_write
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log scalar metrics at ``step`` (epoch number for per-epoch metrics)."""
         from mlflow.entities import Metric
@@ -247,6 +272,7 @@ class RunTracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    @_write
     def log_torch(self, obj: Any, filename: str) -> None:
         """Save ``obj`` with ``torch.save`` as the artifact ``filename`` of the run."""
         import tempfile
@@ -258,10 +284,12 @@ class RunTracker:
             torch.save(obj, path)
             self.client.log_artifact(self.run_id, str(path))
 
+    @_write
     def set_tag(self, key: str, value: str) -> None:
         """Set one tag on the run."""
         self.client.set_tag(self.run_id, key, value)
 
+    @_write
     def end(self, status: str, reason: str | None = None) -> None:
         """Close the run with ``status`` (``FINISHED``/``FAILED``/``KILLED``) and a reason tag."""
         if self.ended or self.run_id is None:

@@ -19,10 +19,7 @@ import logging
 import math
 import os
 import random
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.data import Dataset, DataUnavailableError, carve_validation
 from experiments.diagnostics import UpdateDiagnostics
+from experiments.interrupts import deliver_interrupts
 from experiments.loop import Diverged, fit
 from experiments.losses import loss_for_task
 from experiments.tracking import RunTracker, fail_sweep
@@ -154,24 +152,6 @@ def _hydra_info() -> dict[str, Any]:
     }
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM (e.g. a SLURM pre-emption) into ``KeyboardInterrupt`` while training."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. a launcher's worker thread)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run one training job described by a composed config.
 
@@ -219,7 +199,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         cfg.train.epochs,
         device,
     )
-    with _sigterm_as_interrupt(), RunTracker(cfg, tags, info) as tracker:
+    with deliver_interrupts(), RunTracker(cfg, tags, info) as tracker:
         for filename, obj in method.artifacts().items():
             tracker.log_torch(obj, filename)
         try:
