@@ -8,7 +8,6 @@ TORCH_VERSION ?= 2.13.0
 ARGS ?=
 METHOD ?=
 PYTEST_ARGS ?=
-METHOD ?=
 
 .PHONY: install reproduce train tune test lint format data ui clean
 

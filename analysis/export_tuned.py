@@ -179,7 +179,7 @@ def write_tuned(config: dict[str, Any], out_dir: Path) -> Path:
         "# @package _global_\n"
         f"# Tuned defaults of method={method} on model={model}, applied automatically to every\n"
         f"# run of that pair (`~tuned` opts out): the best of {info['trials']} Optuna trials on a\n"
-        f"# {info['val_fraction']:.0%} validation split of {info['data']}'s training set "
+        f"# {info['val_fraction']:.0%} validation split of the {info['data']} training set "
         f"({info['objective']} after {info['epochs']} epochs, seed {info['seed']}).\n"
         "# Redo the study, then export it here:\n"
         f"#   python -m experiments.train -m experiment=tune method={method} search={method} \\\n"

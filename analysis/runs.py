@@ -26,8 +26,9 @@ def load_runs(tracking_uri: str, experiment_name: str, filter_string: str = "") 
         filter_string: an extra MLflow search filter, e.g. ``"tags.method = 'backprop'"``.
 
     Returns:
-        Columns ``run_id, status, method, data, model, seed`` (seed as int), ``sweep_dir``
-        (the Hydra sweep the run belongs to, or None), then
+        Columns ``run_id, status, method, data, model, seed`` (seed as int), ``tuned`` (the
+        tuned-defaults file the run used, ``none``, or None for runs that predate the tag),
+        ``sweep_dir`` (the Hydra sweep the run belongs to, or None), then
         ``param.<key>`` for every param and ``<metric>`` for each metric's last value.
         Empty (with those first columns) if the experiment does not exist.
     """
@@ -49,6 +50,7 @@ def load_runs(tracking_uri: str, experiment_name: str, filter_string: str = "") 
             "status": run.info.status,
             **{key: tags.get(key) for key in ("method", "data", "model")},
             "seed": int(tags["seed"]) if "seed" in tags else None,
+            "tuned": tags.get("tuned"),
             "sweep_dir": tags.get(SWEEP_DIR_TAG),
         }
         row.update({f"param.{k}": v for k, v in run.data.params.items()})

@@ -36,7 +36,12 @@ from experiments.interrupts import deliver_interrupts
 from experiments.loop import Diverged, fit
 from experiments.losses import loss_for_task
 from experiments.tracking import RunTracker, fail_sweep
-from experiments.validation import ConfigError, resolve_device, validate_config
+from experiments.validation import (
+    ConfigError,
+    check_tuned_choice,
+    resolve_device,
+    validate_config,
+)
 from methods import MethodConfigError, build_method
 
 log = logging.getLogger(__name__)
@@ -163,6 +168,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         DataUnavailableError: missing data (before any run is created).
         KeyboardInterrupt: re-raised after the run was marked ``KILLED``.
     """
+    if HydraConfig.initialized():
+        check_tuned_choice(HydraConfig.get().runtime.choices, CONF_DIR / "tuned")
     validate_config(cfg)
     device = resolve_device(cfg.device)
     if cfg.cpu_threads is not None:

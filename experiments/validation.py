@@ -7,7 +7,8 @@ Every error is a :class:`ConfigError` whose message starts with the offending ke
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -108,6 +109,30 @@ def _require_int(plain: dict[str, Any], key: str, minimum: int) -> None:
     value = _get(plain, key)
     if not _is_int(value) or value < minimum:
         raise ConfigError(f"{key}: must be an integer >= {minimum}, got {value!r}")
+
+
+def check_tuned_choice(choices: Mapping[str, str | None], tuned_dir: Path) -> None:
+    """A ``tuned=<name>`` override must name a file in ``tuned_dir`` (``conf/tuned/``).
+
+    The automatic choice, ``<method>_<model>``, may have no file (the group is optional); any
+    other choice was typed on purpose, and a typo must not silently run without tuned values.
+
+    Args:
+        choices: Hydra's group choices (``hydra.runtime.choices``).
+        tuned_dir: the folder of the tuned-defaults files.
+
+    Raises:
+        ConfigError: naming the files that exist.
+    """
+    choice = choices.get("tuned")
+    automatic = f"{choices.get('method')}_{choices.get('model')}"
+    if choice is None or choice == automatic or (tuned_dir / f"{choice}.yaml").is_file():
+        return
+    available = ", ".join(sorted(p.stem for p in tuned_dir.glob("*.yaml"))) or "none"
+    raise ConfigError(
+        f"tuned: no tuned defaults named {choice!r} (conf/tuned/ has: {available}); the file "
+        f"of the chosen method and model ({automatic}) applies by itself, '~tuned' opts out"
+    )
 
 
 def _check_tuned(tuned: Any, method: str, model: Any) -> None:

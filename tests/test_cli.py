@@ -57,6 +57,14 @@ def test_bad_value_is_one_line_naming_the_key(tmp_path, tracking_uri):
     assert "Traceback" not in result.stderr
 
 
+def test_misspelt_tuned_defaults_are_an_error_not_a_silent_untuned_run(tmp_path, tracking_uri):
+    result = train(tmp_path, tracking_uri, "method=dtp", "tuned=dtp_mpl", experiment="cli_tuned")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: tuned: no tuned defaults named 'dtp_mpl'")
+    assert "(dtp_mlp) applies by itself" in error
+
+
 def test_sweep_groups_runs_and_survives_a_diverging_job(tmp_path, tracking_uri):
     result = train(
         tmp_path,

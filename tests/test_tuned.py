@@ -18,7 +18,7 @@ from analysis.export_tuned import (
     write_tuned,
 )
 from experiments.train import run
-from experiments.validation import ConfigError, validate_config
+from experiments.validation import ConfigError, check_tuned_choice, validate_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TUNED = sorted(CONF.glob("tuned/*.yaml"))
@@ -181,3 +181,22 @@ def test_study_without_its_overrides_artifact_is_a_clear_error(tracking_uri):
 
     with pytest.raises(ValueError, match="cannot read config/overrides.yaml"):
         study_overrides(tracking_uri, "0" * 32, [])
+
+
+def test_only_the_automatic_tuned_choice_may_lack_a_file(tmp_path):
+    (tmp_path / "dtp_mlp.yaml").write_text("")
+    check_tuned_choice({"method": "dtp", "model": "mlp", "tuned": "dtp_mlp"}, tmp_path)
+    check_tuned_choice({"method": "fa", "model": "mlp", "tuned": "fa_mlp"}, tmp_path)  # none
+    check_tuned_choice({"method": "fa", "model": "mlp", "tuned": None}, tmp_path)  # ~tuned
+    with pytest.raises(ConfigError, match=r"^tuned: no tuned defaults named 'dtp_mpl' .*dtp_mlp"):
+        check_tuned_choice({"method": "dtp", "model": "mlp", "tuned": "dtp_mpl"}, tmp_path)
+
+
+def test_load_runs_reports_the_tuned_defaults_of_each_run(make_config):
+    from analysis.runs import load_runs
+
+    for extra in ((), ("~tuned",)):
+        run(make_config("method=dfa", "data=digits", "train.epochs=1", *extra))
+    cfg = make_config()
+    runs = load_runs(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
+    assert sorted(runs["tuned"]) == ["dfa_mlp", "none"]
