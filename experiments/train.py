@@ -255,9 +255,21 @@ def main(cfg: DictConfig) -> dict[str, float] | float:
         sys.exit(2)
 
 
+def refuse_tuned_null(argv: list[str]) -> None:
+    """Exit with one line for ``tuned=null``, which Hydra rejects with a traceback of its own.
+
+    Hydra cannot set an optional, interpolated group (``tuned: ${method}_${model}``) to null;
+    ``~tuned`` removes it.
+    """
+    if any(arg.lstrip("+") == "tuned=null" for arg in argv):
+        print("error: tuned=null: write '~tuned' to run without tuned defaults", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     # Run the importable copy of this module, not ``__main__``: parallel launchers (joblib,
     # submitit) pickle the task function by reference, which only works for a real module.
     from experiments import train
 
+    train.refuse_tuned_null(sys.argv[1:])
     train.main()

@@ -65,6 +65,14 @@ def test_misspelt_tuned_defaults_are_an_error_not_a_silent_untuned_run(tmp_path,
     assert "(dtp_mlp) applies by itself" in error
 
 
+def test_tuned_null_points_to_the_opt_out(tmp_path, tracking_uri):
+    result = train(tmp_path, tracking_uri, "tuned=null", experiment="cli_tuned_null")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: tuned=null: write '~tuned' to run without tuned defaults"
+    ]
+
+
 def test_sweep_groups_runs_and_survives_a_diverging_job(tmp_path, tracking_uri):
     result = train(
         tmp_path,
