@@ -24,6 +24,7 @@ first training batch), a diagnostic not used for training.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -196,13 +197,5 @@ class DecoupledNeuralInterfaces(Method):
 class ConditionedDNI(DecoupledNeuralInterfaces):
     """cDNI: :class:`DecoupledNeuralInterfaces` with ``conditioned=True`` by default."""
 
-    def __init__(
-        self,
-        model: MLP,
-        loss: Loss,
-        optimizer: Mapping[str, Any],
-        synthetic_optimizer: Mapping[str, Any],
-        conditioned: bool = True,
-        hidden_sizes: Sequence[int] = (),
-    ) -> None:
-        super().__init__(model, loss, optimizer, synthetic_optimizer, conditioned, hidden_sizes)
+    # A bound default, not a copied constructor: the option check reads this signature.
+    __init__ = functools.partialmethod(DecoupledNeuralInterfaces.__init__, conditioned=True)
