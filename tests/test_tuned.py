@@ -17,6 +17,7 @@ from analysis.export_tuned import (
     tuned_config,
     write_tuned,
 )
+from experiments.tracking import flatten_config
 from experiments.train import run
 from experiments.validation import ConfigError, check_tuned_choice, validate_config
 
@@ -34,18 +35,9 @@ UNTUNED_PRESETS = (
 )
 
 
-def flatten(node, prefix=""):
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def tuned_values(path):
     config = yaml.safe_load(path.read_text())
-    return config["tuned"], flatten({k: v for k, v in config.items() if k != "tuned"})
+    return config["tuned"], flatten_config({k: v for k, v in config.items() if k != "tuned"})
 
 
 def test_every_compared_method_has_tuned_defaults_on_the_mlp():
