@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,14 +129,17 @@ def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
 
 
 def tuned_config(
-    study: pd.DataFrame, direction: str | None = None, overrides: list[str] | None = None
+    study: pd.DataFrame,
+    direction: str | None = None,
+    overrides_of: Callable[[str, list[str]], list[str]] | None = None,
 ) -> dict[str, Any]:
     """The tuned-defaults config (``@package _global_``) of one study's best trial.
 
     Args:
         study: the study's job runs (:func:`~analysis.runs.load_runs` rows).
         direction: as in :func:`best_trial`.
-        overrides: the study's setting (:func:`study_overrides`), recorded as provenance.
+        overrides_of: ``(best run id, searched keys) -> the study's setting``, recorded as
+            provenance (:func:`study_overrides` with the tracking URI bound); None records none.
 
     Returns:
         ``{"tuned": provenance, <search-space keys as a nested config>}``.
@@ -145,8 +150,9 @@ def tuned_config(
     """
     trial, objective, direction = best_trial(study, direction)
     method, model = trial["method"], trial["model"]
+    searched = search_space_keys(method)
     values = {}
-    for key in search_space_keys(method):
+    for key in searched:
         column = f"param.{key}"
         if column not in trial or pd.isna(trial[column]):
             raise ValueError(f"the best trial ({trial['run_id']}) did not log {key}")
@@ -156,7 +162,7 @@ def tuned_config(
         "method": method,
         "model": model,
         "data": trial["data"],
-        "overrides": list(overrides or []),
+        "overrides": overrides_of(trial["run_id"], searched) if overrides_of else [],
         "val_fraction": parse_param(trial["param.data.val_fraction"]),
         "epochs": parse_param(trial["param.train.epochs"]),
         "seed": int(trial["seed"]),
@@ -212,13 +218,12 @@ def export(
     if runs.empty:
         which = f" of method {method!r}" if method else ""
         raise ValueError(f"no tuning study{which} in MLflow experiment {experiment!r}")
+    overrides_of = functools.partial(study_overrides, tracking_uri)
     written = []
-    for (name, _), pair in runs.groupby(["method", "model"], sort=True):
+    for _, pair in runs.groupby(["method", "model"], sort=True):
         newest = pair["sweep_dir"].iloc[0]  # load_runs lists the newest run first
         study = pair[pair["sweep_dir"] == newest]
-        trial, _, _ = best_trial(study, direction)
-        overrides = study_overrides(tracking_uri, trial["run_id"], search_space_keys(name))
-        written.append(write_tuned(tuned_config(study, direction, overrides), out_dir))
+        written.append(write_tuned(tuned_config(study, direction, overrides_of), out_dir))
     return written
 
 
