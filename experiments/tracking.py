@@ -9,11 +9,10 @@ interrupted keeps everything logged before that moment; its status says what hap
 
 from __future__ import annotations
 
-import functools
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -181,17 +180,6 @@ def fail_sweep(cfg: DictConfig, sweep_dir: str, reason: str) -> None:
         log.warning("could not mark the sweep's parent run failed: %s", error)
 
 
-def _write(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Run an MLflow write with Ctrl-C / SIGTERM held until it ends (experiments.interrupts)."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with held_interrupts():
-            return method(*args, **kwargs)
-
-    return wrapper
-
-
 class RunTracker:
     """One MLflow run for one training job; use as a context manager.
 
@@ -227,7 +215,7 @@ class RunTracker:
             raise
         return self
 
-    @_write
+    @held_interrupts()  # a context manager from @contextmanager also decorates
     def _start(self) -> None:
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
@@ -263,7 +251,7 @@ class RunTracker:
         )
         log.info("MLflow run %s in experiment %r", self.run_id, self.cfg.mlflow.experiment_name)
 
-    @_write
+    @held_interrupts()
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log scalar metrics at ``step`` (epoch number for per-epoch metrics)."""
         from mlflow.entities import Metric
@@ -272,7 +260,7 @@ class RunTracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
-    @_write
+    @held_interrupts()
     def log_torch(self, obj: Any, filename: str) -> None:
         """Save ``obj`` with ``torch.save`` as the artifact ``filename`` of the run."""
         import tempfile
@@ -284,12 +272,12 @@ class RunTracker:
             torch.save(obj, path)
             self.client.log_artifact(self.run_id, str(path))
 
-    @_write
+    @held_interrupts()
     def set_tag(self, key: str, value: str) -> None:
         """Set one tag on the run."""
         self.client.set_tag(self.run_id, key, value)
 
-    @_write
+    @held_interrupts()
     def end(self, status: str, reason: str | None = None) -> None:
         """Close the run with ``status`` (``FINISHED``/``FAILED``/``KILLED``) and a reason tag."""
         if self.ended or self.run_id is None:
