@@ -1,6 +1,8 @@
-"""Online alternating minimisation: descent direction, locality, learning, logging."""
+"""Online alternating minimisation: code steps against a NumPy oracle, descent direction,
+locality, learning, logging."""
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +19,101 @@ def problem(seed=0):
     model = MLP(6, [8, 8, 8], 3, activation="tanh").double()
     x, y = torch.randn(16, 6, dtype=torch.float64), torch.randint(0, 3, (16,))
     return model, x, y
+
+
+# NumPy oracle of the code steps, written from the authors' code (IBM/online-alt-min,
+# altmin.py: compute_codes_loss, update_codes), not from ours. Reductions as there:
+# nn.CrossEntropyLoss is the batch mean, F.mse_loss the mean over all batch x units elements.
+# The proximity term mse(c, c0) is differentiated as written; in their update_codes its gradient
+# happens to vanish (c0 is cloned inside the autograd graph), which we do not copy: the
+# two-step cases below would fail without it (checked by `without_proximity`).
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def top_code_gradient(c, c0, weight, bias, y, mu, form, proximity=True):
+    """d/dc of (1/mu) CE(W tanh(c) + b, y) + mse(c, c0), or CE + mu mse for scaled_mismatch."""
+    batch = c.shape[0]
+    h = np.tanh(c)
+    dz = softmax(h @ weight.T + bias)
+    dz[np.arange(batch), y] -= 1.0
+    d_loss = (dz / batch) @ weight * (1.0 - h**2)
+    d_mse = 2.0 * (c - c0) / c.size if proximity else 0.0 * c
+    return d_loss / mu + d_mse if form == "scaled_loss" else d_loss + mu * d_mse
+
+
+def lower_code_gradient(c, c0, weight, bias, above):
+    """d/dc of mse(W tanh(c) + b, above) + mse(c, c0)."""
+    h = np.tanh(c)
+    residual = h @ weight.T + bias - above
+    return (2.0 * residual / residual.size) @ weight * (1.0 - h**2) + 2.0 * (c - c0) / c.size
+
+
+def sgd(gradient, c0, lr, momentum, steps):
+    """torch.optim.SGD(lr, momentum, nesterov=momentum > 0), written out: the buffer starts at
+    the first gradient, then b <- m b + g; the step is lr (g + m b) with Nesterov."""
+    c, buffer = c0.copy(), None
+    for _ in range(steps):
+        g = gradient(c)
+        if momentum:
+            buffer = g if buffer is None else momentum * buffer + g
+            g = g + momentum * buffer
+        c = c - lr * g
+    return c
+
+
+@pytest.mark.parametrize("form", ["scaled_loss", "scaled_mismatch"])
+@pytest.mark.parametrize(("steps", "momentum"), [(1, 0.0), (2, 0.9)])
+def test_code_steps_match_the_numpy_oracle(form, steps, momentum):
+    model, x, y = problem(4)
+    mu, lr = 0.05, 0.3
+    options = {"mu": mu, "code_lr": lr, "code_steps": steps, "code_momentum": momentum}
+    method = build_method(
+        "altmin", model, CrossEntropy(), {"optimizer": SGD, "top_code_loss": form, **options}
+    )
+    codes = method.forward_codes(x)
+    updated = method.update_codes(codes, y)
+
+    params = [(p.weight.detach().numpy(), p.bias.detach().numpy()) for p in model.layers]
+    c0 = [c.numpy() for c in codes]
+    labels = y.numpy()
+
+    def top(proximity):
+        def gradient(c):
+            return top_code_gradient(c, c0[-1], *params[-1], labels, mu, form, proximity)
+
+        return sgd(gradient, c0[-1], lr, momentum, steps)
+
+    expected_top = top(proximity=True)
+    np.testing.assert_allclose(updated[-1].numpy(), expected_top, rtol=1e-10, atol=1e-12)
+    assert np.abs(expected_top - c0[-1]).max() > 1e-3  # the code did move
+    if steps > 1:  # from the second step on, the proximity term's gradient is not zero
+        without_proximity = top(proximity=False)
+        assert np.abs(expected_top - without_proximity).max() > 1e-8
+
+    # The code below, towards the updated top code (held fixed), through layer L-1.
+    def lower(c):
+        return lower_code_gradient(c, c0[-2], *params[-2], expected_top)
+
+    expected_lower = sgd(lower, c0[-2], lr, momentum, steps)
+    np.testing.assert_allclose(updated[-2].numpy(), expected_lower, rtol=1e-10, atol=1e-12)
+    assert np.abs(expected_lower - c0[-2]).max() > 1e-6
+
+
+def test_scaled_loss_moves_the_top_code_about_one_over_mu_further():
+    """One plain SGD step from c0 (where the proximity gradient is zero): the step of the
+    scaled_loss form is exactly 1/mu times that of scaled_mismatch."""
+    model, x, y = problem(5)
+    shifts = {}
+    for form in ("scaled_loss", "scaled_mismatch"):
+        options = {"code_steps": 1, "code_momentum": 0.0, "mu": 0.01, "top_code_loss": form}
+        method = build_method("altmin", model, CrossEntropy(), {"optimizer": SGD, **options})
+        codes = method.forward_codes(x)
+        shifts[form] = method.update_codes(codes, y)[-1] - codes[-1]
+    torch.testing.assert_close(shifts["scaled_loss"], shifts["scaled_mismatch"] / 0.01)
 
 
 def test_small_code_steps_give_a_descent_direction_for_every_layer():
@@ -74,21 +171,13 @@ def test_codes_move_towards_lower_loss():
         ({"mu": 0.0}, "mu"),
         ({"code_steps": -1}, "code_steps"),
         ({"code_momentum": 1.0}, "code_momentum"),
+        ({"top_code_loss": "authors"}, "top_code_loss"),
+        ({"lr_halving_epochs": 8}, "lr_halving_epochs"),  # now train.lr_schedule, shared
     ],
 )
 def test_bad_options(options, key):
     with pytest.raises(MethodConfigError, match=f"method.{key}"):
         build_method("altmin", MLP(4, [4], 2), CrossEntropy(), {"optimizer": SGD, **options})
-
-
-def test_learning_rate_halves_on_schedule():
-    model, _, _ = problem()
-    method = build_method(
-        "altmin", model, CrossEntropy(), {"optimizer": SGD, "lr_halving_epochs": 2}
-    )
-    for epoch in range(1, 5):
-        method.on_epoch_end(epoch)
-    assert method.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 / 4)
 
 
 def test_end_to_end(make_config):
