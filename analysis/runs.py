@@ -4,10 +4,17 @@ Two views of an experiment:
 
 * :func:`load_runs`: one row per job run, with its status, tags, params and final metrics;
 * :func:`load_histories`: one row per (run, metric, epoch), the long format seaborn plots from.
+
+Non-finite metric values: MLflow's SQLite store keeps a NaN as NaN, but writes +Inf and -Inf as
+the largest finite doubles (+-1.7976931348623157e308). Both readers turn those back into +-Inf
+(:func:`from_store`), so an overflowed norm is never read as a huge finite measurement; the
+report then skips non-finite values visibly.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Sequence
 
 import pandas as pd
@@ -15,6 +22,14 @@ import pandas as pd
 from experiments.tracking import ROLE_TAG, SWEEP_DIR_TAG, make_client
 
 RUN_COLUMNS = ("run_id", "status", "method", "data", "model", "seed")
+
+
+def from_store(value: float) -> float:
+    """A metric value as logged: ``+-inf`` for the ``+-float max`` the SQLite store keeps for it.
+
+    NaN and every other value pass through unchanged.
+    """
+    return math.copysign(math.inf, value) if abs(value) == sys.float_info.max else value
 
 
 def load_runs(tracking_uri: str, experiment_name: str, filter_string: str = "") -> pd.DataFrame:
@@ -29,7 +44,8 @@ def load_runs(tracking_uri: str, experiment_name: str, filter_string: str = "") 
         Columns ``run_id, status, method, data, model, seed`` (seed as int), ``tuned`` (the
         tuned-defaults file the run used, ``none``, or None for runs that predate the tag),
         ``sweep_dir`` (the Hydra sweep the run belongs to, or None), then
-        ``param.<key>`` for every param and ``<metric>`` for each metric's last value.
+        ``param.<key>`` for every param (strings, as MLflow stores them) and ``<metric>`` for
+        each metric's last value (NaN and +-Inf as logged, see :func:`from_store`).
         Empty (with those first columns) if the experiment does not exist.
     """
     client = make_client(tracking_uri)
@@ -54,7 +70,7 @@ def load_runs(tracking_uri: str, experiment_name: str, filter_string: str = "") 
             "sweep_dir": tags.get(SWEEP_DIR_TAG),
         }
         row.update({f"param.{k}": v for k, v in run.data.params.items()})
-        row.update(run.data.metrics)
+        row.update({key: from_store(value) for key, value in run.data.metrics.items()})
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else list(RUN_COLUMNS))
 
@@ -66,7 +82,7 @@ def load_histories(tracking_uri: str, runs: pd.DataFrame, metrics: Sequence[str]
         Long format: ``run_id, method, data, model, seed, metric, epoch, value``, sorted by run,
         metric and epoch. ``epoch`` is the MLflow step: the epoch for per-epoch metrics, the
         update count for diagnostics (``alignment/...``). Metrics a run never logged are
-        absent.
+        absent; NaN and +-Inf values are kept as logged (see :func:`from_store`).
     """
     client = make_client(tracking_uri)
     rows = []
@@ -82,7 +98,7 @@ def load_histories(tracking_uri: str, runs: pd.DataFrame, metrics: Sequence[str]
                         "seed": run.seed,
                         "metric": metric,
                         "epoch": point.step,
-                        "value": point.value,
+                        "value": from_store(point.value),
                     }
                 )
     columns = ["run_id", "method", "data", "model", "seed", "metric", "epoch", "value"]

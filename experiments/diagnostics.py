@@ -6,10 +6,15 @@ it into ``.grad``), and torch autograd computes the true backprop gradient of th
 the same parameters. Per parameter tensor (weights and biases separately) it reports:
 
 * ``alignment/<param>``: the angle in degrees between the method's update direction and the
-  backprop gradient, ``arccos(<A, B>_F / (||A||_F ||B||_F))`` with the cosine clamped to
-  [-1, 1] (Meulemans et al. 2020, Sec. 5), computed in float64 so backprop itself gives 0;
+  backprop gradient, ``arccos(<A, B>_F / (||A||_F ||B||_F))`` (Meulemans et al. 2020, Sec. 5),
+  by :func:`methods.geometry.angle_degrees`: float64, so backprop itself gives 0; NaN when
+  either is zero or holds a NaN/Inf entry (the angle is undefined), never a finite stand-in;
 * ``grad_norm/<param>``: the Frobenius norm of the backprop gradient (vanishing / exploding);
 * ``update_norm/<param>``: the norm of the method's own update direction.
+
+Norms are computed in float64 (a float32 sum of squares overflows to Inf for entries above
+~1e19); a NaN entry gives a NaN norm, an Inf entry an Inf norm. MLflow's SQLite store keeps a
+NaN as NaN but writes +-Inf as +-1.8e308; :mod:`analysis.runs` reads those back as +-Inf.
 
 Parameters the method leaves without an update at that moment (e.g. frozen in a phase) are
 skipped. Training is untouched: the copy is thrown away, and torch's random number generators
@@ -20,22 +25,21 @@ stream: a run gives the same weights with diagnostics on or off. MLflow step = u
 from __future__ import annotations
 
 import copy
-import math
 from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # methods import this module (angle_degrees): no import cycle at run time
+from methods.geometry import angle_degrees
+
+if TYPE_CHECKING:
     from methods.base import Method
 
+__all__ = ["UpdateDiagnostics", "angle_degrees", "norm"]
 
-def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Angle in degrees between two tensors seen as vectors; 90 if either is zero."""
-    a, b = a.detach().double().flatten(), b.detach().double().flatten()
-    denominator = a.norm() * b.norm()
-    if denominator == 0:
-        return 90.0
-    return math.degrees(math.acos(max(-1.0, min(1.0, float(a @ b / denominator)))))
+
+def norm(tensor: torch.Tensor) -> float:
+    """Euclidean (Frobenius) norm of ``tensor`` (any shape) in float64; NaN/Inf propagate."""
+    return float(tensor.detach().double().norm())
 
 
 class UpdateDiagnostics:
@@ -74,9 +78,9 @@ class UpdateDiagnostics:
         for name, grad in zip(names, true):
             if grad is None:
                 continue
-            metrics[f"grad_norm/{name}"] = grad.norm().item()
+            metrics[f"grad_norm/{name}"] = norm(grad)
             update = updates[name]
             if update is not None:
-                metrics[f"update_norm/{name}"] = update.norm().item()
+                metrics[f"update_norm/{name}"] = norm(update)
                 metrics[f"alignment/{name}"] = angle_degrees(update, grad)
         return metrics

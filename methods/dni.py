@@ -19,7 +19,8 @@ output block is the output layer. A synthetic-gradient module ``M_i`` predicts
 
 Logged per epoch: ``sg_loss_layer{i}`` (mean training MSE of ``M_i``) and ``sg_cosine_layer{i}``:
 the cosine between ``M_i(h_i)`` and the true backprop ``dL/dh_i`` on a fixed probe batch (the
-first training batch), a diagnostic not used for training.
+first training batch), a diagnostic not used for training (:func:`methods.geometry.cosine`: NaN
+while ``M_i`` predicts exactly zero, as its zero-initialised output layer does at the start).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch import nn
 from experiments.losses import CrossEntropy, Loss
 from experiments.models import MLP
 from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
+from methods.geometry import cosine
 
 
 class SyntheticGradientModule(nn.Module):
@@ -63,13 +65,6 @@ class SyntheticGradientModule(nn.Module):
     def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted ``dL/dh`` for ``h`` ``(batch, width)`` and optional ``context``."""
         return self.net(h if context is None else torch.cat([h, context], dim=1))
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Cosine of two tensors flattened to vectors (0 if either is zero)."""
-    a, b = a.flatten(), b.flatten()
-    denominator = a.norm() * b.norm()
-    return (a @ b / denominator).item() if denominator > 0 else 0.0
 
 
 @register_method("dni")

@@ -31,7 +31,8 @@ from experiments.losses import Loss
 from experiments.rnn import RecurrentNetwork
 from methods.base import EpochMeans, MethodConfigError, make_optimizer, register_method
 from methods.bptt import TruncatedBPTT
-from methods.dni import SyntheticGradientModule, cosine
+from methods.dni import SyntheticGradientModule
+from methods.geometry import cosine
 
 
 @register_method("dni_rnn")

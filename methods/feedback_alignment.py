@@ -22,7 +22,7 @@ trained, and saved with the run as the artifact ``feedback_weights.pt``.
 
 Logged per epoch: ``alignment_angle_layer{l}``, the angle in degrees between this method's update
 of ``W_l`` and the backprop gradient on a fixed probe batch (the first training batch), for the
-hidden layers (a diagnostic only).
+hidden layers (a diagnostic only; :func:`methods.geometry.angle_degrees`, NaN when undefined).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from experiments.diagnostics import angle_degrees
 from experiments.losses import Loss
 from experiments.models import MLP
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.geometry import angle_degrees
 
 FEEDBACK = ("random", "symmetric")
 
