@@ -9,7 +9,7 @@ ARGS ?=
 METHOD ?=
 PYTEST_ARGS ?=
 
-.PHONY: install reproduce train tune test lint format data ui clean
+.PHONY: install reproduce train tune tune-compare test lint format data ui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,17 +20,34 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed ## Create .venv with torch, the project and its test tools
 
-reproduce: install ## The main job: the comparison sweep, then its report in reports/compare/
-	$(BIN)/python -m experiments.train -m experiment=compare $(ARGS)
-	$(BIN)/python -m analysis.report compare
+# The three studies the project exists for, each from runs it makes itself, then its report in
+# reports/<name>/ (also logged to the sweep's parent run in MLflow).
+STUDIES := compare vanishing_depth rnn_horizon
+
+reproduce: install ## The main job: comparison, vanishing gradients over depth, recurrent horizon
+	@for study in $(STUDIES); do \
+		echo "== $$study: sweep"; \
+		$(BIN)/python -m experiments.train -m experiment=$$study $(ARGS) || exit $$?; \
+		echo "== $$study: report"; \
+		$(BIN)/python -m analysis.report $$study || exit $$?; \
+	done
 
 train: install ## One training job (ARGS="method=dtp data=digits ..." adds Hydra overrides)
 	$(BIN)/python -m experiments.train $(ARGS)
 
 tune: install ## Optuna study of METHOD=<name> on a validation split, then conf/tuned/ from its best trial
-	@test -n "$(METHOD)" || { echo "usage: make tune METHOD=dtp [ARGS='hydra.sweeper.n_trials=40 ...']" >&2; exit 2; }
+	@test -n "$(METHOD)" || { echo "usage: make tune METHOD=dtp [ARGS='data=digits ...']" >&2; exit 2; }
 	$(BIN)/python -m experiments.train -m experiment=tune method=$(METHOD) search=$(METHOD) $(ARGS)
 	$(BIN)/python -m analysis.export_tuned --method $(METHOD)
+
+# Every method of the comparison, under the same protocol (conf/experiment/tune.yaml).
+COMPARED := backprop dtp drl hsic dni cdni altmin fa dfa
+
+tune-compare: install ## Re-tune every compared method on MNIST-1D (equal budgets), then conf/tuned/
+	@for method in $(COMPARED); do \
+		$(BIN)/python -m experiments.train -m experiment=tune method=$$method search=$$method $(ARGS) || exit $$?; \
+	done
+	$(BIN)/python -m analysis.export_tuned
 
 test: install ## The whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

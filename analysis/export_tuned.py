@@ -1,18 +1,19 @@
-"""Turn Optuna tuning studies into tuned defaults: ``conf/tuned/<method>_<model>.yaml``.
+"""Turn Optuna tuning studies into tuned defaults: ``conf/tuned/<method>_<model>_<data>.yaml``.
 
 After a study (``python -m experiments.train -m experiment=tune method=M search=M ...``)::
 
-    python -m analysis.export_tuned               # every method x model tuned in experiment 'tune'
+    python -m analysis.export_tuned               # every study in experiment 'tune'
     python -m analysis.export_tuned --method dtp  # one method
 
-For each method x model, the newest study in the MLflow experiment is used (its jobs share a
-``sweep_dir`` tag), and its best finished trial by the study's objective (``train.objective``,
-the last logged value, maximised unless its name ends in ``loss``). The file holds that
-trial's values of exactly the keys of ``conf/search/<method>.yaml``, rounded to 4 significant
-digits, and a ``tuned`` block saying where they came from (logged with every run that uses
-them). ``conf/config.yaml`` applies the file automatically to every run of that method and
-model; ``~tuned`` on the command line opts out. Diverged (``FAILED``) and killed trials never
-count.
+For each method x model x data, the newest study in the MLflow experiment is used (its jobs
+share a ``sweep_dir`` tag). A trial trains once per tuning seed (``train.objective_seeds``), one
+MLflow run per seed; its score is the mean of the study's objective (``train.objective``, the
+last logged value, maximised unless its name ends in ``loss``) over those seeds, and only
+trials whose every seed finished count (a diverged or killed seed fails the trial). The file
+holds the best trial's values of exactly the keys of ``conf/search/<method>.yaml``, rounded to
+4 significant digits, and a ``tuned`` block saying where they came from (logged with every run
+that uses them). ``conf/config.yaml`` applies the file automatically to every run of that
+method, model and data; ``~tuned`` on the command line opts out.
 """
 
 from __future__ import annotations
@@ -66,18 +67,54 @@ def round_significant(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
     return value
 
 
-def best_trial(study: pd.DataFrame, direction: str | None = None) -> tuple[pd.Series, str, str]:
-    """The best finished trial of one study (a :func:`~analysis.runs.load_runs` table).
+def trial_scores(study: pd.DataFrame, objective: str, searched: list[str]) -> pd.DataFrame:
+    """One row per trial of a study: its runs (one per tuning seed) grouped by sampled values.
+
+    Args:
+        study: the study's job runs (:func:`~analysis.runs.load_runs` rows).
+        objective: the metric column the study optimised.
+        searched: the searched config keys (the trial's identity within its study).
+
+    Returns:
+        Columns ``trial_key`` (the sampled values), ``score`` (mean of ``objective`` over the
+        trial's seeds), ``seeds`` (how many finished), ``complete`` (every tuning seed finished
+        and logged the objective) and ``run_id`` (the trial's first run, for provenance).
+    """
+    columns = [f"param.{key}" for key in searched if f"param.{key}" in study]
+    expected = study.get("param.train.objective_seeds")
+    rows = []
+    for key, runs in study.groupby(columns, dropna=False, sort=False) if columns else []:
+        finished = runs[(runs["status"] == "FINISHED") & runs[objective].notna()]
+        wanted = len(parse_param(expected.loc[runs.index[0]])) if expected is not None else 1
+        rows.append(
+            {
+                "trial_key": key,
+                "score": finished[objective].mean() if len(finished) else float("nan"),
+                "seeds": len(finished),
+                # Identical sampled values in two trials (possible with choice()) pool their runs.
+                "complete": len(finished) == len(runs) and len(runs) >= wanted,
+                "run_id": runs.sort_values("seed")["run_id"].iloc[0],
+            }
+        )
+    return pd.DataFrame(rows, columns=["trial_key", "score", "seeds", "complete", "run_id"])
+
+
+def best_trial(
+    study: pd.DataFrame, direction: str | None = None, searched: list[str] | None = None
+) -> tuple[pd.Series, str, str, float, int]:
+    """The best complete trial of one study (a :func:`~analysis.runs.load_runs` table).
 
     Args:
         study: the study's job runs; the column ``param.train.objective`` names the objective.
         direction: ``maximize`` or ``minimize``; None infers it from the objective's name.
+        searched: the searched keys that identify a trial (default: the method's search space).
 
     Returns:
-        ``(trial row, objective, direction)``.
+        ``(a run of the best trial, objective, direction, its mean score over the tuning seeds,
+        number of trials in the study)``.
 
     Raises:
-        ValueError: if the study has no objective, or no finished trial logged it.
+        ValueError: if the study has no objective, or no trial finished on every seed.
     """
     objectives = set(study.get("param.train.objective", pd.Series(dtype=str)).dropna())
     objectives.discard("None")
@@ -85,12 +122,18 @@ def best_trial(study: pd.DataFrame, direction: str | None = None) -> tuple[pd.Se
         raise ValueError(f"a study needs exactly one train.objective, found {sorted(objectives)}")
     objective = objectives.pop()
     direction = direction or ("minimize" if objective.endswith("loss") else "maximize")
-    finished = study[study["status"] == "FINISHED"]
-    if objective not in finished or finished[objective].isna().all():
+    if objective not in study:
         raise ValueError(f"no finished trial logged {objective}")
-    scores = finished[objective]
-    index = scores.idxmax() if direction == "maximize" else scores.idxmin()
-    return finished.loc[index], objective, direction
+    if searched is None:
+        searched = search_space_keys(study["method"].iloc[0])
+    trials = trial_scores(study, objective, searched)
+    complete = trials[trials["complete"]]
+    if complete.empty:
+        raise ValueError(f"no trial finished every tuning seed and logged {objective}")
+    index = complete["score"].idxmax() if direction == "maximize" else complete["score"].idxmin()
+    best = complete.loc[index]
+    row = study[study["run_id"] == best["run_id"]].iloc[0]
+    return row, objective, direction, float(best["score"]), len(trials)
 
 
 def study_overrides(tracking_uri: str, run_id: str, searched: list[str]) -> list[str]:
@@ -148,28 +191,30 @@ def tuned_config(
         ValueError: as :func:`best_trial` and :func:`search_space_keys`, or if the best trial
             lacks a searched key.
     """
-    trial, objective, direction = best_trial(study, direction)
-    method, model = trial["method"], trial["model"]
+    method = study["method"].iloc[0]
     searched = search_space_keys(method)
+    trial, objective, direction, score, trials = best_trial(study, direction, searched)
+    model, data = trial["model"], trial["data"]
     values = {}
     for key in searched:
         column = f"param.{key}"
         if column not in trial or pd.isna(trial[column]):
             raise ValueError(f"the best trial ({trial['run_id']}) did not log {key}")
         values[key] = round_significant(parse_param(trial[column]))
+    seeds = trial.get("param.train.objective_seeds")
     provenance = {
-        "name": f"{method}_{model}",
+        "name": f"{method}_{model}_{data}",
         "method": method,
         "model": model,
-        "data": trial["data"],
+        "data": data,
         "overrides": overrides_of(trial["run_id"], searched) if overrides_of else [],
         "val_fraction": parse_param(trial["param.data.val_fraction"]),
         "epochs": parse_param(trial["param.train.epochs"]),
-        "seed": int(trial["seed"]),
+        "seeds": parse_param(seeds) if isinstance(seeds, str) else [int(trial["seed"])],
         "objective": objective,
         "direction": direction,
-        "best_value": round_significant(float(trial[objective])),
-        "trials": len(study),
+        "best_value": round_significant(score),
+        "trials": trials,
         "study": trial["sweep_dir"],
         "best_run_id": trial["run_id"],
     }
@@ -177,17 +222,21 @@ def tuned_config(
 
 
 def write_tuned(config: dict[str, Any], out_dir: Path) -> Path:
-    """Write ``config`` to ``<out_dir>/<method>_<model>.yaml``, headed by how to redo the study."""
+    """Write ``config`` to ``<out_dir>/<method>_<model>_<data>.yaml``, headed by its protocol."""
     info = config["tuned"]
-    method, model = info["method"], info["model"]
+    method, model, data = info["method"], info["model"], info["data"]
     setting = [*info["overrides"], f"hydra.sweeper.n_trials={info['trials']}"]
+    seeds = ", ".join(map(str, info["seeds"]))
     header = (
         "# @package _global_\n"
-        f"# Tuned defaults of method={method} on model={model}, applied automatically to every\n"
-        f"# run of that pair (`~tuned` opts out): the best of {info['trials']} Optuna trials on a\n"
-        f"# {info['val_fraction']:.0%} validation split of the {info['data']} training set "
-        f"({info['objective']} after {info['epochs']} epoch{'s' * (info['epochs'] != 1)}, "
-        f"seed {info['seed']}).\n"
+        f"# Tuned defaults of method={method} on model={model} and data={data}, applied\n"
+        "# automatically to every run of that triple (`~tuned` opts out; other datasets get\n"
+        f"# the method's own defaults). Protocol: the best of {info['trials']} Optuna trials (the\n"
+        "# same number for every method of the comparison), each scored by the mean\n"
+        f"# {info['objective']} after {info['epochs']} epoch{'s' * (info['epochs'] != 1)} over "
+        f"the tuning seeds {seeds}\n"
+        f"# (never evaluation seeds), on a {info['val_fraction']:.0%} validation split of the "
+        f"training set.\n"
         "# Redo the study, then export it here:\n"
         f"#   python -m experiments.train -m experiment=tune method={method} search={method} \\\n"
         f"#     {' '.join(setting)}\n"
@@ -206,7 +255,7 @@ def export(
     method: str | None = None,
     direction: str | None = None,
 ) -> list[Path]:
-    """Write the tuned defaults of the newest study of every (or one) method x model.
+    """Write the tuned defaults of the newest study of every (or one) method x model x data.
 
     Raises:
         ValueError: if the experiment holds no study (of ``method``), or as :func:`tuned_config`.
@@ -220,9 +269,9 @@ def export(
         raise ValueError(f"no tuning study{which} in MLflow experiment {experiment!r}")
     overrides_of = functools.partial(study_overrides, tracking_uri)
     written = []
-    for _, pair in runs.groupby(["method", "model"], sort=True):
-        newest = pair["sweep_dir"].iloc[0]  # load_runs lists the newest run first
-        study = pair[pair["sweep_dir"] == newest]
+    for _, triple in runs.groupby(["method", "model", "data"], sort=True):
+        newest = triple["sweep_dir"].iloc[0]  # load_runs lists the newest run first
+        study = triple[triple["sweep_dir"] == newest]
         written.append(write_tuned(tuned_config(study, direction, overrides_of), out_dir))
     return written
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from experiments.data import Dataset, minibatches
 from experiments.diagnostics import UpdateDiagnostics
+from experiments.schedule import make_schedulers
 from methods.base import Method
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,9 @@ def fit(
     progress: bool | None = None,
     diagnostics: UpdateDiagnostics | None = None,
     on_diagnostics: Callable[[int, Mapping[str, float]], None] | None = None,
+    lr_schedule: str = "none",
+    lr_step_epochs: int = 8,
+    lr_step_factor: float = 0.5,
 ) -> dict[str, float]:
     """Train ``method`` on ``data`` for ``epochs`` passes and evaluate after each.
 
@@ -93,6 +98,11 @@ def fit(
         diagnostics: if given, run after every ``diagnostics.every_steps`` updates (off the
             training path, see :mod:`experiments.diagnostics`).
         on_diagnostics: called with ``(update count, diagnostic metrics)``.
+        lr_schedule: the shared learning-rate schedule, applied identically to every optimiser
+            of the method (:mod:`experiments.schedule`); with one, ``lr`` (the first
+            optimiser's rate during the epoch) is logged per epoch.
+        lr_step_epochs: epochs between two steps of the ``step`` schedule.
+        lr_step_factor: the ``step`` schedule's factor.
 
     Returns:
         The last epoch's metrics.
@@ -105,6 +115,9 @@ def fit(
     disable = None if progress is None else not progress
     n_batches = math.ceil(len(data.x_train) / batch_size)
     method.on_train_start(epochs, n_batches)
+    schedulers = make_schedulers(
+        method.optimizers(), lr_schedule, epochs, lr_step_epochs, lr_step_factor
+    )
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=disable, unit="epoch"):
         sums: dict[str, float] = defaultdict(float)
         probing = 0.0  # diagnostics time, not counted as training time
@@ -146,6 +159,14 @@ def fit(
         metrics["epoch_seconds"] = seconds
         metrics["samples_per_second"] = len(data.x_train) / max(seconds, 1e-9)
         metrics.update(method.epoch_metrics())
+        if schedulers:
+            metrics["lr"] = schedulers[0].get_last_lr()[0]
+        with warnings.catch_warnings():
+            # An optimiser idle for a whole epoch (a phase of dtp or hsic) still follows the
+            # shared schedule; torch warns about that order, which is intended here.
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            for scheduler in schedulers:
+                scheduler.step()
         method.on_epoch_end(epoch)
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k)
         log.info("epoch %d/%d %s", epoch, epochs, summary)

@@ -15,11 +15,13 @@ Failure handling:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import random
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,12 @@ def check_compatible(method: Any, data: Dataset, cfg: DictConfig) -> None:
         method.on_train_start(cfg.train.epochs, batches)
     except MethodConfigError as error:
         raise ConfigError(str(error)) from None
+    if cfg.train.lr_schedule != "none" and not method.persistent_optimizers:
+        raise ConfigError(
+            f"train.lr_schedule: method={cfg.method.name} replaces its optimisers during "
+            "training with these options, so no schedule can follow them; use "
+            "train.lr_schedule=none"
+        )
 
 
 def make_diagnostics(cfg: DictConfig, data: Dataset) -> UpdateDiagnostics | None:
@@ -140,6 +148,33 @@ def make_diagnostics(cfg: DictConfig, data: Dataset) -> UpdateDiagnostics | None
         return None
     size = cfg.diagnostics.probe_size
     return UpdateDiagnostics(data.x_train[:size], data.y_train[:size], cfg.diagnostics.every_steps)
+
+
+def tuned_note(cfg: DictConfig, choices: Mapping[str, str | None], tuned_dir: Path) -> str | None:
+    """One log line when a method has tuned defaults, but not for this run's data.
+
+    Tuned values are only valid where they were tuned (``conf/tuned/<method>_<model>_<data>``):
+    elsewhere the method's own defaults apply, and the log says so.
+
+    Args:
+        cfg: the composed config.
+        choices: Hydra's group choices (``hydra.runtime.choices``).
+        tuned_dir: the folder of the tuned-defaults files (``conf/tuned/``).
+
+    Returns:
+        The line, or ``None`` when the run uses tuned defaults, opted out (``~tuned``), or the
+        method and model have none on any dataset.
+    """
+    if cfg.tuned is not None or choices.get("tuned") is None:
+        return None
+    prefix = f"{cfg.method.name}_{cfg.model.name}_"
+    elsewhere = sorted(p.stem.removeprefix(prefix) for p in tuned_dir.glob(f"{prefix}*.yaml"))
+    if not elsewhere:
+        return None
+    return (
+        f"no tuned defaults of method={cfg.method.name} model={cfg.model.name} for "
+        f"data={cfg.data.name} (tuned on: {', '.join(elsewhere)}): the method's own defaults apply"
+    )
 
 
 def _hydra_info() -> dict[str, Any]:
@@ -171,6 +206,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if HydraConfig.initialized():
         check_tuned_choice(HydraConfig.get().runtime.choices, CONF_DIR / "tuned")
     validate_config(cfg)
+    if HydraConfig.initialized():
+        note = tuned_note(cfg, HydraConfig.get().runtime.choices, CONF_DIR / "tuned")
+        if note:
+            log.info(note)
     device = resolve_device(cfg.device)
     if cfg.cpu_threads is not None:
         torch.set_num_threads(cfg.cpu_threads)
@@ -191,7 +230,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "model": cfg.model.name,
         "seed": str(cfg.seed),
         "device": str(device),
-        # Which conf/tuned/<method>_<model>.yaml set the hyperparameters, for filtering in the UI.
+        # Which conf/tuned/<method>_<model>_<data>.yaml set the hyperparameters (UI filtering).
         "tuned": cfg.tuned.name if cfg.tuned else "none",
         "run_name": cfg.mlflow.run_name or f"{cfg.method.name}-{cfg.data.name}-seed{cfg.seed}",
     }
@@ -220,6 +259,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 on_epoch=lambda epoch, metrics: tracker.log_metrics(metrics, step=epoch),
                 diagnostics=make_diagnostics(cfg, data),
                 on_diagnostics=lambda step, metrics: tracker.log_metrics(metrics, step=step),
+                lr_schedule=cfg.train.lr_schedule,
+                lr_step_epochs=cfg.train.lr_step_epochs,
+                lr_step_factor=cfg.train.lr_step_factor,
             )
         except Diverged as error:
             log.error("run diverged: %s", error)
@@ -235,18 +277,54 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return final
 
 
+class TrialDiverged(RuntimeError):
+    """A tuning trial diverged on one of its seeds; the sweeper records the trial as failed."""
+
+
+def objective(cfg: DictConfig) -> float:
+    """Mean final ``train.objective`` over the tuning seeds ``train.objective_seeds``.
+
+    Each seed is a full training job (its own MLflow run, tagged with the trial's Hydra job
+    number), so a hyperparameter is chosen on its mean over several seeds, none of which is an
+    evaluation seed (tuning seeds are >= 1000). ``cfg.seed`` is ignored.
+
+    Raises:
+        TrialDiverged: as soon as one seed diverges (the remaining seeds are not run); Optuna's
+            sweeper then records the trial as failed and the study goes on.
+        ConfigError, DataUnavailableError: as :func:`run`.
+    """
+    values = []
+    for seed in cfg.train.objective_seeds:
+        seeded = copy.deepcopy(cfg)
+        seeded.seed = seed
+        final = run(seeded)
+        if "diverged_at_step" in final:
+            raise TrialDiverged(
+                f"seed {seed} diverged at step {int(final['diverged_at_step'])}: trial failed"
+            )
+        values.append(float(final[cfg.train.objective]))
+    mean = float(np.mean(values))
+    log.info(
+        "objective %s: %.4g (mean over seeds %s: %s)",
+        cfg.train.objective,
+        mean,
+        list(cfg.train.objective_seeds),
+        ", ".join(f"{v:.4g}" for v in values),
+    )
+    return mean
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, float] | float:
     """Hydra entry point; see the module docstring for the failure behaviour.
 
-    Returns the final metrics, or with ``train.objective`` set, that metric's final value (NaN
-    for a diverged run) for a sweeper such as Optuna.
+    Returns the final metrics, or with ``train.objective`` set, that metric's mean over the
+    tuning seeds (:func:`objective`) for a sweeper such as Optuna.
     """
     try:
-        final = run(cfg)
         if cfg.train.objective is None:
-            return final
-        return float(final.get(cfg.train.objective, math.nan))
+            return run(cfg)
+        return objective(cfg)
     except (ConfigError, DataUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         info = _hydra_info()

@@ -16,6 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("none", "step", "cosine")
+# Seeds from here on are for tuning only; evaluation seeds (a comparison's ``seed=0,1,...``)
+# stay below, so a study never selects hyperparameters on the seeds it is judged on.
+FIRST_TUNING_SEED = 1000
 # Keys the harness itself reads; anything else there is a typo (e.g. +train.epoch=3). Method,
 # model and data keys are checked by the method's signature and the builders.
 KNOWN_KEYS = {
@@ -32,7 +36,16 @@ KNOWN_KEYS = {
         "diagnostics",
         "tuned",
     },
-    "train": {"epochs", "batch_size", "eval_batch_size", "objective"},
+    "train": {
+        "epochs",
+        "batch_size",
+        "eval_batch_size",
+        "lr_schedule",
+        "lr_step_epochs",
+        "lr_step_factor",
+        "objective",
+        "objective_seeds",
+    },
     "diagnostics": {"every_steps", "probe_size"},
     "mlflow": {"tracking_uri", "experiment_name", "run_name"},
 }
@@ -114,7 +127,7 @@ def _require_int(plain: dict[str, Any], key: str, minimum: int) -> None:
 def check_tuned_choice(choices: Mapping[str, str | None], tuned_dir: Path) -> None:
     """A ``tuned=<name>`` override must name a file in ``tuned_dir`` (``conf/tuned/``).
 
-    The automatic choice, ``<method>_<model>``, may have no file (the group is optional); any
+    The automatic choice, ``<method>_<model>_<data>``, may have no file (the group is optional); any
     other choice was typed on purpose, and a typo must not silently run without tuned values.
 
     Args:
@@ -125,28 +138,58 @@ def check_tuned_choice(choices: Mapping[str, str | None], tuned_dir: Path) -> No
         ConfigError: naming the files that exist.
     """
     choice = choices.get("tuned")
-    automatic = f"{choices.get('method')}_{choices.get('model')}"
+    automatic = f"{choices.get('method')}_{choices.get('model')}_{choices.get('data')}"
     if choice is None or choice == automatic or (tuned_dir / f"{choice}.yaml").is_file():
         return
     available = ", ".join(sorted(p.stem for p in tuned_dir.glob("*.yaml"))) or "none"
     raise ConfigError(
         f"tuned: no tuned defaults named {choice!r} (conf/tuned/ has: {available}); the file "
-        f"of the chosen method and model ({automatic}) applies by itself, '~tuned' opts out"
+        f"of the chosen method, model and data ({automatic}) applies by itself, '~tuned' opts out"
     )
 
 
-def _check_tuned(tuned: Any, method: str, model: Any) -> None:
-    """Tuned defaults (``conf/tuned/<method>_<model>.yaml``) fit only their own pair."""
+def _check_tuned(tuned: Any, method: str, model: Any, data: Any) -> None:
+    """Tuned defaults (``conf/tuned/<method>_<model>_<data>.yaml``) fit only their own triple."""
     if tuned is None:
         return
-    if not isinstance(tuned, dict) or not {"method", "model"} <= tuned.keys():
-        raise ConfigError(f"tuned: must be null or a block with method and model, got {tuned!r}")
-    if (tuned["method"], tuned["model"]) != (method, model):
+    if not isinstance(tuned, dict) or not {"method", "model", "data"} <= tuned.keys():
+        raise ConfigError(
+            f"tuned: must be null or a block with method, model and data, got {tuned!r}"
+        )
+    if (tuned["method"], tuned["model"], tuned["data"]) != (method, model, data):
         raise ConfigError(
             f"tuned: {tuned.get('name')} holds the tuned defaults of method={tuned['method']} "
-            f"model={tuned['model']}, not of method={method} model={model}; drop the tuned= "
-            "override (the matching file is picked automatically) or opt out with ~tuned"
+            f"model={tuned['model']} data={tuned['data']}, not of method={method} model={model} "
+            f"data={data}; drop the tuned= override (the matching file is picked automatically) "
+            "or opt out with ~tuned"
         )
+
+
+def _check_train(plain: dict[str, Any]) -> None:
+    """The shared schedule and the tuning objective's seeds."""
+    schedule = _get(plain, "train.lr_schedule")
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(
+            f"train.lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}"
+        )
+    _require_int(plain, "train.lr_step_epochs", 1)
+    factor = _get(plain, "train.lr_step_factor")
+    if not (_is_number(factor) and 0 < factor <= 1):
+        raise ConfigError(f"train.lr_step_factor: must lie in (0, 1], got {factor!r}")
+    seeds = _get(plain, "train.objective_seeds")
+    if _get(plain, "train.objective") is None:
+        return
+    if not (
+        isinstance(seeds, list)
+        and seeds
+        and all(_is_int(s) and s >= FIRST_TUNING_SEED for s in seeds)
+    ):
+        raise ConfigError(
+            f"train.objective_seeds: must be a non-empty list of tuning seeds >= "
+            f"{FIRST_TUNING_SEED} (evaluation seeds stay below), got {seeds!r}"
+        )
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"train.objective_seeds: seeds must differ, got {seeds!r}")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -210,6 +253,7 @@ def validate_config(cfg: DictConfig) -> None:
             )
         if fraction == 0.0:
             raise ConfigError("train.objective: needs a validation split (data.val_fraction > 0)")
+    _check_train(plain)
     if not _get(plain, "mlflow.experiment_name"):
         raise ConfigError("mlflow.experiment_name: must be a non-empty string")
     method = dict(plain["method"])
@@ -217,7 +261,9 @@ def validate_config(cfg: DictConfig) -> None:
     if not name:
         raise ConfigError("method.name: missing (every conf/method/*.yaml sets it)")
     if name in available_methods():  # else check_method_options names the unknown method
-        _check_tuned(plain.get("tuned"), name, plain["model"].get("name"))
+        _check_tuned(
+            plain.get("tuned"), name, plain["model"].get("name"), plain["data"].get("name")
+        )
     try:
         check_method_options(name, method)
     except MethodConfigError as error:

@@ -189,6 +189,8 @@ class Method(ABC):
     """
 
     name: ClassVar[str] = "abstract"
+    # False for a method that replaces its optimiser objects during training (see optimizers()).
+    persistent_optimizers: bool = True
 
     def __init__(self, model: nn.Module, loss: Loss) -> None:
         self.model = model
@@ -232,6 +234,17 @@ class Method(ABC):
         """Keep the first batch seen as ``self.probe``, for diagnostics that need a fixed one."""
         if self.probe is None:
             self.probe = (x.detach().clone(), y.detach().clone())
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimiser this method owns (model and auxiliary modules); ``[self.optimizer]``.
+
+        The shared loop attaches the run's learning-rate schedule (``train.lr_schedule``) to each
+        of them identically, so a method with auxiliary optimisers (inverses, synthetic-gradient
+        modules, per-layer optimisers) must list them all here. A method that replaces its
+        optimiser objects during training cannot be scheduled: it sets
+        :attr:`persistent_optimizers` to ``False`` and the entry point refuses a schedule.
+        """
+        return [self.optimizer] if self.optimizer is not None else []
 
     def apply_update(self) -> None:
         """Apply the update written by :meth:`compute_update` with ``self.optimizer``."""

@@ -125,6 +125,10 @@ class DecoupledNeuralInterfaces(Method):
         """
         return self.synthetic_modules[i - 1](h, self.context(y, h))
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The network's optimiser and the synthetic-gradient modules' optimiser."""
+        return [*super().optimizers(), self.synthetic_optimizer]
+
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Write the synthetic-gradient updates into ``.grad``, then train the modules."""
         self.keep_probe(x, y)

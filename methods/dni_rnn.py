@@ -83,6 +83,10 @@ class RecurrentDNI(TruncatedBPTT):
         )
         self.means = EpochMeans()
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The network's optimiser and the synthetic-gradient modules' optimiser."""
+        return [*super().optimizers(), self.synthetic_optimizer]
+
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Run the segments with synthetic future gradients, then train ``M`` on the borders."""
         self.keep_probe(x, y)

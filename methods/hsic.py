@@ -108,6 +108,8 @@ class HSICBottleneck(Method):
         )
         self.format_fraction = format_fraction
         self.rebuild_optimizers_each_step = rebuild_optimizers_each_step
+        # Fresh optimisers every step cannot carry a learning-rate schedule.
+        self.persistent_optimizers = not rebuild_optimizers_each_step
         self.optimizer_config = dict(optimizer)
         hidden = model.layers[:-1]
         self.layer_optimizers = [
@@ -204,6 +206,10 @@ class HSICBottleneck(Method):
         self._votes.index_put_(
             (units, y), torch.ones_like(units, dtype=self._votes.dtype), accumulate=True
         )
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The per-layer optimisers of the HSIC phase and the format layer's optimiser."""
+        return [*self.layer_optimizers, self.format_optimizer]
 
     def apply_update(self) -> None:
         """Step the per-layer optimisers (HSIC phase) or the format optimiser (format phase)."""
