@@ -6,6 +6,7 @@ test, sequences of length 40, generation seed 42); its generator already standar
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import numpy as np
@@ -36,6 +37,22 @@ def load_mnist1d(
             f"mnist1d: need num_samples >= 10, length >= 1, 0 < train_split < 1; got "
             f"{num_samples}, {length}, {train_split}"
         )
+    x, y, x_test, y_test = (
+        array.copy() for array in _generate(num_samples, train_split, length, generation_seed)
+    )
+    return classification_dataset("mnist1d", x, y, x_test, y_test, num_classes=10)
+
+
+@functools.lru_cache(maxsize=4)
+def _generate(
+    num_samples: int, train_split: float, length: int, generation_seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The generator's ``(x, y, x_test, y_test)``, cached per process.
+
+    Generation takes seconds, more than training a small MLP for 20 epochs; a sweep or a tuning
+    trial that runs several jobs in one process generates the (deterministic) data once.
+    Callers get copies, so the cache cannot be altered.
+    """
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -47,9 +64,7 @@ def load_mnist1d(
         data = make_dataset(args)
     finally:
         np.random.set_state(state)
-    return classification_dataset(
-        "mnist1d", data["x"], data["y"], data["x_test"], data["y_test"], num_classes=10
-    )
+    return data["x"], data["y"], data["x_test"], data["y_test"]
 
 
 def load_mnist1d_sequences(
