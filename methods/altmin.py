@@ -5,7 +5,7 @@ Bouneffouf, "Beyond backprop: online alternating minimization with auxiliary var
 2019 (arXiv 1806.09077), Sec. 3 and Alg. 1 (the online AM loop: codes, then weights, per
 minibatch), in the form of the authors' public code (github.com/IBM/online-alt-min:
 ``altmin.py`` ``compute_codes_loss``, ``update_codes``, ``update_last_layer_``,
-``update_hidden_weights_adam_``; run by ``run_altmin_sgd.py``, the paper's AM-Adam).
+``update_hidden_weights_adam_``, as run by ``run_altmin_sgd.py``: weights by Adam).
 
 For the MLP the codes are the hidden pre-activations ``c_l = W_l h_{l-1} + b_l`` (l = 1..L-1,
 ``h_l = f(c_l)``, ``h_0 = x``). Per minibatch:
@@ -31,24 +31,7 @@ For the MLP the codes are the hidden pre-activations ``c_l = W_l h_{l-1} + b_l``
    ``.grad`` and applied by the configured optimiser (Adam, lr 0.008 in the authors' setup; one
    Adam over all layers equals their Adam per layer, Adam being per-parameter).
 
-Departures from the authors' network and code, with the reason:
-
-* Network: they use bias-free hidden layers each followed by batch norm (the codes are the
-  batch-normed outputs), ReLU, 2 x 100 units. We train the harness's shared MLP (biases, no batch
-  norm, the configured activation and widths), so that every method trains the same network.
-* Learning-rate halving every 8 epochs: not part of this method. A schedule is a shared option
-  of the training loop, identical for every method (``train.lr_schedule=step
-  train.lr_step_epochs=8`` is the authors' halving).
-* Proximity term ``mse(c, c^0)``: kept, as the paper and ``compute_codes_loss`` write it. In the
-  authors' ``update_codes`` its gradient is exactly zero: ``codes_initial`` is cloned *after*
-  ``requires_grad_(True)``, so it stays in the autograd graph and the two gradients of
-  ``mse(c, clone(c))`` cancel (checked by running their functions); their runs thus moved the
-  codes on ``(1/mu) L`` (top) and the upper mismatch (lower) alone. The difference is
-  negligible at the default sizes: on an MNIST-1D batch (100 x 256-256) dropping the term moves
-  the codes by ~1e-4 of their shift.
-* Not implemented (all off in the authors' runs): the co-activation-memory (BCD) weight update
-  of the paper's AM-mem variant, the L1 sparsity terms ``lambda_c``/``lambda_w``, the ``mu``
-  increase per batch (``d_mu`` = 0), the post-processing of the last layer.
+Departures from the authors' network and code: :class:`AlternatingMinimization`.
 
 Logged per epoch: ``code_shift_layer{l}``, the mean ``||c_l - c_l^0||`` per example after the
 code steps.
@@ -71,9 +54,26 @@ TOP_CODE_LOSSES = ("scaled_loss", "scaled_mismatch")
 
 @register_method("altmin")
 class AlternatingMinimization(Method):
-    """Online alternating minimisation (Choromanska et al. 2019, Alg. 1; AM-Adam) on an MLP.
+    """Online alternating minimisation (Choromanska et al. 2019, Alg. 1) on an MLP.
 
-    Departures from the authors' code (network, schedule, proximity gradient): module docstring.
+    Departures from the authors' network and code, with the reason:
+
+    * Network: theirs has bias-free hidden layers, each followed by batch norm (the codes are the
+      normalised outputs), ReLU, 2 x 100 units; we train the harness's shared MLP (biases, no
+      batch norm, the configured activation and widths) so that every method trains the same
+      network.
+    * Learning-rate halving every 8 epochs: not part of the method here; a schedule is a shared
+      option of the loop, identical for every method (``train.lr_schedule=step
+      train.lr_step_epochs=8`` is the authors' halving).
+    * Proximity term ``mse(c, c^0)``: kept with its gradient, as the paper and
+      ``compute_codes_loss`` write it. In the authors' ``update_codes`` that gradient is exactly
+      zero: ``codes_initial`` is cloned after ``requires_grad_(True)``, so it stays in the
+      autograd graph and the two gradients of ``mse(c, clone(c))`` cancel (checked by running
+      their functions). Negligible at the default sizes: on an MNIST-1D batch (100 x 256-256)
+      dropping the term changes the codes by ~1e-4 of their shift.
+    * Not implemented (all off in the authors' Adam runs): the co-activation-memory weight
+      update (their ``update_memory``/``BCD``), the L1 sparsity terms ``lambda_c``/``lambda_w``,
+      the per-batch increase of ``mu`` (``d_mu`` = 0), the post-processing of the last layer.
 
     Args:
         model: an :class:`~experiments.models.MLP`.
