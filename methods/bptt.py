@@ -135,6 +135,10 @@ class TruncatedBPTT(BPTT):
     gradient is left in ``.grad`` for :meth:`apply_update`, so with ``truncation >= T`` this is
     exactly :class:`BPTT`.
 
+    Departure, with the reason: only Sutskever's TBPTT(k1, k2) with ``k1 = k2`` (disjoint
+    segments, no overlapping backward windows): one truncation length, the same segments as
+    :class:`~methods.dni_rnn.RecurrentDNI`, whose exact baseline this is.
+
     Args:
         truncation: segment length ``k`` in steps (>= 1).
         (others as :class:`BPTT`)

@@ -71,6 +71,15 @@ class SyntheticGradientModule(nn.Module):
 class DecoupledNeuralInterfaces(Method):
     """Feed-forward DNI / cDNI (Jaderberg et al. 2017).
 
+    Departures from the paper, with the reason:
+
+    * Network: the shared MLP without batch norm (the paper's feed-forward nets have 256-unit
+      layers with batch norm and ReLU), so that every method trains the same network.
+    * Base optimiser: backprop's (``conf/method/backprop.yaml``), so DNI and backprop differ
+      only in the gradient signal.
+    * cDNI on a regression task conditions on the target itself (the paper conditions on the
+      class label); a classification task gets the paper's one-hot label.
+
     Args:
         model: an :class:`~experiments.models.MLP`.
         loss: task loss (cDNI conditions on the one-hot label for classification, on the target

@@ -39,6 +39,13 @@ from methods.geometry import cosine
 class RecurrentDNI(TruncatedBPTT):
     """Truncated BPTT with a synthetic gradient at every segment border (Jaderberg et al. 2017).
 
+    Departures from the paper, with the reason:
+
+    * Cell: one recurrent layer of ``rnn`` or ``gru`` (the paper's LSTM): ``M`` predicts the
+      gradient of a single state vector, and an LSTM's state is the pair ``(h, c)``.
+    * Optimiser: tbptt's (``conf/method/tbptt.yaml``), so the two differ only in the synthetic
+      gradient.
+
     Args:
         model: a one-layer :class:`~experiments.rnn.RecurrentNetwork` with ``cell=rnn|gru``.
         loss: task loss.
