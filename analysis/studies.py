@@ -117,8 +117,11 @@ def depth_ratios(profile: pd.DataFrame, probe: str = "first") -> pd.DataFrame:
     if data.empty:
         return pd.DataFrame(columns=["method", "activation", "depth", "first_over_last"])
     first = data[data.layer == 1].set_index("run_id")["norm"]
-    out = data.loc[data.groupby("run_id")["layer"].idxmax()].set_index("run_id")
-    table = out[["method", "activation", "depth"]].assign(first_over_last=first / out["norm"])
+    # Only the output layer (depth + 1) is the denominator; a run whose output norm was dropped
+    # as non-finite gets NaN, never the ratio to a hidden layer.
+    out = data[data.layer == data.depth + 1].set_index("run_id")
+    runs = data.drop_duplicates("run_id").set_index("run_id")[["method", "activation", "depth"]]
+    table = runs.assign(first_over_last=first.reindex(runs.index) / out["norm"].reindex(runs.index))
     return table.reset_index(drop=True).sort_values(["method", "activation", "depth"])
 
 
