@@ -18,7 +18,15 @@ every run; the sweep taken is printed on stderr) and writes to ``reports/<experi
 * ``vanishing.png``: backprop gradient norm per layer over training (log scale, one heatmap per
   configuration) and the final norm against depth;
 * ``recurrent.png``: ``||dL/dh_t||`` against t at several epochs, one panel per configuration
-  (recurrent runs only).
+  (recurrent runs only);
+* for runs over several depths (``experiment=vanishing_depth``): ``depth.png`` and
+  ``depth_trained.png`` (gradient norm against layer index, a line per depth, a panel per
+  activation x method, at the first and the last probe) and ``depth_ratios.md``;
+* for the adding problem (``experiment=rnn_horizon``): ``horizon.md``, the longest sequence
+  length each method and cell solves (:mod:`analysis.studies`).
+
+With more than 20 configurations the per-configuration figures (convergence, alignment,
+vanishing) are left out, and ``summary.md`` says so.
 
 Figures draw finished runs only, like the table's statistics, and say in a note how many runs
 were left out and how many NaN/Inf values were not drawn (an undefined angle, for instance, is
@@ -46,6 +54,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.runs import load_histories, load_runs, load_time_step_norms  # noqa: E402
+from analysis.studies import (  # noqa: E402
+    SOLVED,
+    depth_figure,
+    depth_profile,
+    depth_ratios,
+    horizon_table,
+)
 from analysis.summary import (  # noqa: E402
     STATUSES,
     assign_configs,
@@ -55,6 +70,9 @@ from analysis.summary import (  # noqa: E402
 )
 from experiments.tracking import ROLE_TAG, SWEEP_DIR_TAG, make_client  # noqa: E402
 
+# Figures with one line or panel per configuration stay readable up to this many configurations;
+# larger studies (vanishing_depth: 108) are shown by their own figures (analysis.studies).
+MAX_FIGURE_CONFIGS = 20
 LAYER = re.compile(r"^(?P<kind>alignment|grad_norm)/(?P<param>.+)\.weight$")
 
 
@@ -410,6 +428,68 @@ def recurrent_figure(norms: pd.DataFrame, path: Path, left_out: int = 0) -> Figu
     return grid.figure
 
 
+def depth_study(histories: pd.DataFrame, runs: pd.DataFrame, out: Path) -> list[Path]:
+    """The vanishing-gradient study over depth, if the runs span several depths.
+
+    Writes ``depth.png`` (per-layer backprop gradient norm at the first probe, near
+    initialisation), ``depth_trained.png`` (at the last probe) and ``depth_ratios.md`` / ``.csv``
+    (first-layer over output-layer norm per method, activation and depth); see
+    :mod:`analysis.studies`.
+
+    Returns:
+        The paths written (none if the runs have one depth or no gradient norms).
+    """
+    profile = depth_profile(histories, runs)
+    if profile.empty or profile["depth"].nunique() < 2:
+        return []
+    written = []
+    for probe, name in (("first", "depth.png"), ("last", "depth_trained.png")):
+        if depth_figure(profile, out / name, probe):
+            written.append(out / name)
+    ratios = depth_ratios(profile, "first")
+    ratios.to_csv(out / "depth_ratios.csv", index=False)
+    wide = ratios.pivot_table(
+        index=["activation", "depth"], columns="method", values="first_over_last"
+    )
+    (out / "depth_ratios.md").write_text(
+        "# First-layer over output-layer backprop gradient norm at the first probe\n\n"
+        "||dL/dW_1|| / ||dL/dW_out||: far below 1 is a vanishing gradient.\n\n"
+        + wide.to_markdown(floatfmt=".1e")
+        + "\n"
+    )
+    return [*written, out / "depth_ratios.csv", out / "depth_ratios.md"]
+
+
+def horizon_study(histories: pd.DataFrame, runs: pd.DataFrame, out: Path) -> list[Path]:
+    """The longest adding-problem length each recurrent method x cell solves, if any ran.
+
+    Writes ``horizon.md`` / ``horizon.csv`` (:func:`analysis.studies.horizon_table`).
+
+    Returns:
+        The paths written (none unless the runs are on ``data=adding``).
+    """
+    adding = runs[runs["data"] == "adding"]
+    table = horizon_table(adding, histories)
+    if table.empty:
+        return []
+    table.to_csv(out / "horizon.csv", index=False)
+    lines = [
+        "# Longest solved horizon (adding problem)\n",
+        f"Solved: every run reached {SOLVED:.0%} of test sequences within 0.04 (Pascanu et al."
+        " 2013) at some epoch.\n",
+        "| method | cell | lengths tried | solved | longest solved |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in table.itertuples():
+        solved = ", ".join(map(str, row.solved)) or "none"
+        lengths = ", ".join(map(str, row.lengths))
+        lines.append(
+            f"| {row.method} | {row.cell} | {lengths} | {solved} | {row.longest_solved or '-'} |"
+        )
+    (out / "horizon.md").write_text("\n".join(lines) + "\n")
+    return [out / "horizon.csv", out / "horizon.md"]
+
+
 def select_runs(
     tracking_uri: str, experiment: str, all_sweeps: bool = False
 ) -> tuple[pd.DataFrame, str | None, str | None]:
@@ -477,14 +557,29 @@ def build_report(
         f"{markdown(table)}"
     )
     figures = []
+    configs = finished["config"].nunique()
+    per_config = configs <= MAX_FIGURE_CONFIGS
+    skipped = []
     epochs = histories[~histories.metric.str.contains("/")]
-    figures.append(convergence_figure(epochs, out / "convergence.png", left_out))
-    written.append(out / "convergence.png")
-    for name, draw in (("alignment", alignment_figure), ("vanishing", vanishing_figure)):
-        figure = draw(histories, out / f"{name}.png", left_out)
-        if figure is not None:
-            figures.append(figure)
-            written.append(out / f"{name}.png")
+    if per_config:
+        figures.append(convergence_figure(epochs, out / "convergence.png", left_out))
+        written.append(out / "convergence.png")
+        for name, draw in (("alignment", alignment_figure), ("vanishing", vanishing_figure)):
+            figure = draw(histories, out / f"{name}.png", left_out)
+            if figure is not None:
+                figures.append(figure)
+                written.append(out / f"{name}.png")
+    else:
+        skipped.append(
+            f"convergence, alignment and vanishing figures: {configs} configurations are more "
+            f"than {MAX_FIGURE_CONFIGS} lines a panel can show; see the table and the study "
+            "figures"
+        )
+    written += depth_study(histories, finished, out)
+    written += horizon_study(histories, finished, out)
+    if skipped:
+        with written[1].open("a") as summary:
+            summary.write("\n" + "".join(f"Not drawn: {line}.\n" for line in skipped))
     norms = load_time_step_norms(tracking_uri, finished)
     if not norms.empty:
         norms = label_histories(norms, labelled)
