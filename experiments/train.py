@@ -3,13 +3,16 @@
 One job = validate the config, seed everything, build data / model / method from the config,
 train with the shared loop (:func:`experiments.loop.fit`) and track it in one MLflow run.
 ``python -m experiments.train -m key=a,b`` runs a sweep; its jobs share one parent MLflow run.
+With ``train.objective`` set (a tuning study, ``experiment=tune``) a job trains once per tuning
+seed (``train.objective_seeds``) and returns the objective's mean over them (:func:`objective`).
 
 Failure handling:
 
 * a bad config, or data that cannot be found, stops the job before any run is created, with a
   single ``error: <key>: <why>`` line on stderr (exit status 2);
 * a NaN/Inf loss ends the run as ``FAILED`` with a ``diverged_at_step`` metric and a
-  ``failure_reason`` tag, and the job returns normally so a multirun goes on;
+  ``failure_reason`` tag, and the job returns normally so a multirun goes on (a tuning trial
+  raises :class:`TrialDiverged`, which the Optuna sweeper records as a failed trial);
 * Ctrl-C or SIGTERM ends the run as ``KILLED``; everything logged before stays in the store.
 """
 
