@@ -9,7 +9,7 @@ ARGS ?=
 METHOD ?=
 PYTEST_ARGS ?=
 
-.PHONY: install reproduce train tune tune-compare test lint format data ui clean
+.PHONY: install reproduce snapshot train tune tune-compare test lint format data ui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ reproduce: install ## The main job: comparison, vanishing gradients over depth, 
 		$(BIN)/python -m experiments.train -m experiment=$$study $(ARGS) || exit $$?; \
 		echo "== $$study: report"; \
 		$(BIN)/python -m analysis.report $$study || exit $$?; \
+	done
+
+snapshot: ## Copy the reports of `make reproduce` into docs/ (the figures and tables the README shows)
+	@for study in $(STUDIES); do \
+		test -d reports/$$study || { echo "no reports/$$study: run make reproduce first" >&2; exit 2; }; \
+		mkdir -p docs/$$study && cp reports/$$study/*.md reports/$$study/*.csv reports/$$study/*.png docs/$$study/; \
 	done
 
 train: install ## One training job (ARGS="method=dtp data=digits ..." adds Hydra overrides)
