@@ -25,16 +25,11 @@ stream: a run gives the same weights with diagnostics on or off. MLflow step = u
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 
+from methods.base import Method
 from methods.geometry import angle_degrees
-
-if TYPE_CHECKING:
-    from methods.base import Method
-
-__all__ = ["UpdateDiagnostics", "angle_degrees", "norm"]
 
 
 def norm(tensor: torch.Tensor) -> float:

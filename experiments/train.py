@@ -36,7 +36,6 @@ from experiments.data import Dataset, DataUnavailableError, carve_validation
 from experiments.diagnostics import UpdateDiagnostics
 from experiments.interrupts import deliver_interrupts
 from experiments.loop import Diverged, fit
-from experiments.losses import loss_for_task
 from experiments.tracking import RunTracker, fail_sweep
 from experiments.validation import (
     ConfigError,
@@ -45,6 +44,7 @@ from experiments.validation import (
     validate_config,
 )
 from methods import MethodConfigError, build_method
+from methods.losses import loss_for_task
 
 log = logging.getLogger(__name__)
 

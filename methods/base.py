@@ -15,10 +15,14 @@ method:
 
 Comparing ``param.grad`` after step 1 with the backprop gradient on the same batch gives the
 alignment angle of Meulemans et al. (2020, Sec. 5) for any method.
+
+This package is a torch-only library: nothing in ``methods/`` imports the harness
+(``experiments``), the analysis, Hydra or MLflow (``tests/test_layers.py``).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -28,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from experiments.losses import Loss
+from methods.losses import Loss
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -114,6 +118,42 @@ def build_method(name: str, model: nn.Module, loss: Loss, options: Mapping[str, 
     return get_method_class(name)(model=model, loss=loss, **dict(options))
 
 
+def locate(path: str) -> Any:
+    """The object named by a dotted path, e.g. ``"torch.optim.Adam"``.
+
+    The longest importable module prefix is imported, then the rest is read as attributes (so a
+    class nested in a class works too), as Hydra's ``_target_`` lookup does.
+
+    Args:
+        path: ``"package.module.Name"`` (at least one dot-separated part, none empty).
+
+    Raises:
+        ImportError: if no prefix of ``path`` is an importable module, or a part is missing.
+    """
+    parts = path.split(".")
+    if not all(parts):
+        raise ImportError(f"not a dotted path: {path!r}")
+    for stop in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:stop])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            # Only "this prefix is not a module" moves on to a shorter one; a module that exists
+            # but fails to import itself is an error of its own.
+            missing = error.name or module_name
+            if module_name != missing and not module_name.startswith(f"{missing}."):
+                raise
+            continue
+        for index in range(stop, len(parts)):
+            try:
+                obj = getattr(obj, parts[index])
+            except AttributeError:
+                owner = ".".join(parts[:index])
+                raise ImportError(f"{owner!r} has no attribute {parts[index]!r}") from None
+        return obj
+    raise ImportError(f"no module named {parts[0]!r}")
+
+
 def make_optimizer(
     params: Iterator[nn.Parameter] | list[nn.Parameter],
     config: Mapping[str, Any],
@@ -124,23 +164,22 @@ def make_optimizer(
     Args:
         params: the parameters it will update.
         config: ``{"_target_": "torch.optim.Adam", "lr": 1e-3, ...}``; any optimiser class
-            importable by dotted path works.
+            importable by dotted path works (looked up by :func:`locate`); ``_partial_`` is
+            ignored.
         key: the config key of ``config``, used in error messages.
 
     Raises:
         MethodConfigError: if ``_target_`` is missing, cannot be imported, is not an optimiser,
             or the optimiser rejects the given keyword arguments.
     """
-    from hydra.utils import get_class
-
     options = dict(config)
     target = options.pop("_target_", None)
     options.pop("_partial_", None)
     if not target:
         raise MethodConfigError(f"{key}._target_ is missing (e.g. torch.optim.Adam)")
     try:
-        cls = get_class(target)
-    except Exception as error:  # Hydra wraps ImportError in its own exception types.
+        cls = locate(str(target))
+    except ImportError as error:
         raise MethodConfigError(f"{key}._target_: cannot import {target!r}") from error
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise MethodConfigError(f"{key}._target_: {target!r} is not a torch optimiser")

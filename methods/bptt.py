@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from experiments.losses import IGNORE_INDEX, Loss
-from experiments.rnn import RecurrentNetwork, State
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.losses import IGNORE_INDEX, Loss
+from methods.networks import RecurrentNetwork, State
 
 
 def hidden_state_gradient_norms(
@@ -59,7 +59,7 @@ def detach_state(state: State) -> State:
 
 @register_method("bptt")
 class BPTT(Method):
-    """Full backpropagation through time on a :class:`~experiments.rnn.RecurrentNetwork`.
+    """Full backpropagation through time on a :class:`~methods.networks.RecurrentNetwork`.
 
     Args:
         model: the recurrent network.

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.losses import CrossEntropy, Loss
-from experiments.models import MLP
 from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
 from methods.geometry import cosine
+from methods.losses import CrossEntropy, Loss
+from methods.networks import MLP
 
 
 class SyntheticGradientModule(nn.Module):
@@ -81,7 +81,7 @@ class DecoupledNeuralInterfaces(Method):
       class label); a classification task gets the paper's one-hot label.
 
     Args:
-        model: an :class:`~experiments.models.MLP`.
+        model: an :class:`~methods.networks.MLP`.
         loss: task loss (cDNI conditions on the one-hot label for classification, on the target
             itself for regression).
         optimizer: optimiser config for the base network.

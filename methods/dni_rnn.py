@@ -27,12 +27,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from experiments.losses import Loss
-from experiments.rnn import RecurrentNetwork
 from methods.base import EpochMeans, MethodConfigError, make_optimizer, register_method
 from methods.bptt import TruncatedBPTT
 from methods.dni import SyntheticGradientModule
 from methods.geometry import cosine
+from methods.losses import Loss
+from methods.networks import RecurrentNetwork
 
 
 @register_method("dni_rnn")
@@ -47,7 +47,7 @@ class RecurrentDNI(TruncatedBPTT):
       gradient.
 
     Args:
-        model: a one-layer :class:`~experiments.rnn.RecurrentNetwork` with ``cell=rnn|gru``.
+        model: a one-layer :class:`~methods.networks.RecurrentNetwork` with ``cell=rnn|gru``.
         loss: task loss.
         optimizer: optimiser config of the network.
         synthetic_optimizer: optimiser config of the synthetic-gradient module.

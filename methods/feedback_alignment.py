@@ -33,17 +33,17 @@ from typing import Any
 
 import torch
 
-from experiments.losses import Loss
-from experiments.models import MLP
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
 from methods.geometry import angle_degrees
+from methods.losses import Loss
+from methods.networks import MLP
 
 FEEDBACK = ("random", "symmetric")
 
 
 @register_method("fa")
 class FeedbackAlignment(Method):
-    """Feedback alignment (Lillicrap et al. 2016) on an :class:`~experiments.models.MLP`.
+    """Feedback alignment (Lillicrap et al. 2016) on an :class:`~methods.networks.MLP`.
 
     Departures from the paper, with the reason:
 

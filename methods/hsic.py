@@ -32,10 +32,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from experiments.losses import CrossEntropy, Loss
-from experiments.models import MLP
 from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
 from methods.hsic_estimators import ESTIMATORS, gaussian_kernel, median_sigma
+from methods.losses import CrossEntropy, Loss
+from methods.networks import MLP
 
 
 @register_method("hsic")
@@ -60,8 +60,8 @@ class HSICBottleneck(Method):
       per class).
 
     Args:
-        model: an :class:`~experiments.models.MLP`; its output layer is the format layer.
-        loss: must be :class:`~experiments.losses.CrossEntropy` (``Y`` is one-hot).
+        model: an :class:`~methods.networks.MLP`; its output layer is the format layer.
+        loss: must be :class:`~methods.losses.CrossEntropy` (``Y`` is one-hot).
         optimizer: config of each hidden layer's optimiser (one per layer).
         format_optimizer: config of the format layer's optimiser.
         beta: ``beta`` of Eq. 6 (> 0; the paper's MNIST MLP uses 50).

@@ -55,9 +55,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.losses import Loss
-from experiments.models import ACTIVATIONS, MLP
 from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
+from methods.losses import Loss
+from methods.networks import ACTIVATIONS, MLP
 
 SCHEDULES = ("per_batch", "alternating")
 INVERSE_INITS = ("orthogonal", "default")
@@ -85,7 +85,7 @@ class DifferenceTargetPropagation(Method):
       update every layer, as the paper describes.
 
     Args:
-        model: an :class:`~experiments.models.MLP` with at least one hidden layer.
+        model: an :class:`~methods.networks.MLP` with at least one hidden layer.
         loss: task loss ``L`` (batch mean).
         forward_optimizer: optimiser config for the forward weights (all ``model`` parameters).
         feedback_optimizer: optimiser config for the inverses ``V_i, c_i``.

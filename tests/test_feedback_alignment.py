@@ -6,11 +6,11 @@ import mlflow
 import pytest
 import torch
 
-from experiments.diagnostics import angle_degrees
-from experiments.losses import CrossEntropy
-from experiments.models import MLP
 from experiments.train import run
 from methods import MethodConfigError, build_method
+from methods.geometry import angle_degrees
+from methods.losses import CrossEntropy
+from methods.networks import MLP
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05}
 

@@ -8,8 +8,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from experiments.losses import CrossEntropy
-from experiments.models import MLP
 from experiments.train import run
 from methods import MethodConfigError, build_method
 from methods.hsic_estimators import (
@@ -18,6 +16,8 @@ from methods.hsic_estimators import (
     median_sigma,
     normalized_hsic,
 )
+from methods.losses import CrossEntropy
+from methods.networks import MLP
 
 
 def double_sum_hsic(kx, ky):

@@ -3,8 +3,6 @@
 import pytest
 import torch
 
-from experiments.losses import CrossEntropy, MeanSquaredError
-from experiments.models import MLP
 from methods import (
     Method,
     MethodConfigError,
@@ -13,6 +11,8 @@ from methods import (
     get_method_class,
     make_optimizer,
 )
+from methods.losses import CrossEntropy, MeanSquaredError
+from methods.networks import MLP
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1}
 
