@@ -45,7 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
+from methods.base import Method, MethodConfigError, make_optimizer, register_method
 from methods.losses import Loss
 from methods.networks import MLP
 
@@ -128,7 +128,6 @@ class AlternatingMinimization(Method):
         self.code_momentum = code_momentum
         self.top_code_loss = top_code_loss
         self.optimizer = make_optimizer(model.parameters(), optimizer)
-        self.means = EpochMeans()
 
     def forward_codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[c_1^0, ..., c_{L-1}^0]``: the hidden pre-activations, detached, ``(batch, n_l)``."""
@@ -219,4 +218,4 @@ class AlternatingMinimization(Method):
 
     def epoch_metrics(self) -> dict[str, float]:
         """Epoch means of ``code_shift_layer{l}``."""
-        return self.means.pop()
+        return self.means.values()

@@ -268,12 +268,12 @@ def test_feedback_phases_follow_the_schedule():
     x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
     phases = []
     for epoch in range(1, 5):
+        method.on_epoch_start(epoch)
         phases.append(method.phase())
         weights = [p.detach().clone() for p in model.parameters()]
         method.step(x, y)
         moved = any(not torch.equal(p, w) for p, w in zip(model.parameters(), weights))
         assert moved == (phases[-1] != "feedback")
-        method.on_epoch_end(epoch)
     assert phases == ["feedback", "feedback", "forward", "feedback"]
     assert make("dtp", MLP(5, [6, 6], 3)).phase() == "both"
 
