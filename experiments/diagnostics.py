@@ -1,5 +1,8 @@
 """Method-agnostic diagnostics: alignment with backprop and per-layer gradient norms.
 
+This is the one home of every diagnostic that does not depend on the learning rule; a method
+reports only what it alone knows (:meth:`methods.base.Method.epoch_metrics`, per epoch).
+
 Every ``every_steps`` updates, on a fixed probe batch (the first ``probe_size`` training
 examples), a deep copy of the method computes its update (:meth:`Method.compute_update` writes
 it into ``.grad``), and torch autograd computes the true backprop gradient of the same loss at
@@ -25,16 +28,11 @@ stream: a run gives the same weights with diagnostics on or off. MLflow step = u
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 
+from methods.base import Method
 from methods.geometry import angle_degrees
-
-if TYPE_CHECKING:
-    from methods.base import Method
-
-__all__ = ["UpdateDiagnostics", "angle_degrees", "norm"]
 
 
 def norm(tensor: torch.Tensor) -> float:

@@ -2,7 +2,9 @@
 
 Every method sees the same batches in the same order (one seeded generator per run), the same
 budget in epochs and the same evaluation; a method only turns a batch into an update
-(:meth:`methods.base.Method.step`) and reports scalar metrics.
+(:meth:`methods.base.Method.step`) and reports scalar metrics. The loop drives the method's
+lifecycle (budget, epoch count, per-epoch metrics and their reset) as the contract in
+:mod:`methods.base` lays down.
 """
 
 from __future__ import annotations
@@ -82,7 +84,11 @@ def fit(
     returned, measured before each update), ``test_<m>`` and, with a validation split,
     ``val_<m>`` (after the epoch), ``epoch_seconds`` (wall time of the epoch's updates, excluding
     evaluation and diagnostics), ``samples_per_second`` and the method's own
-    :meth:`~Method.epoch_metrics`.
+    :meth:`~Method.epoch_metrics`, whose accumulators the loop clears
+    (:meth:`~Method.reset_epoch_metrics`) once ``on_epoch`` has logged them.
+    Before training the method gets its budget (:meth:`~Method.check_budget`, then
+    :meth:`~Method.on_train_start`, once); before each epoch its number
+    (:meth:`~Method.on_epoch_start`).
     Namespaced metrics (a ``/`` in the key, e.g. per-time-step norms ``dL_dh/t001``) are detailed
     diagnostics: tracked, but left out of the per-epoch log line.
 
@@ -109,16 +115,19 @@ def fit(
 
     Raises:
         Diverged: as soon as a training or evaluation loss is NaN or infinite.
+        MethodConfigError: if the method cannot use this budget (:meth:`~Method.check_budget`).
     """
     metrics: dict[str, float] = {}
     step = 0
     disable = None if progress is None else not progress
     n_batches = math.ceil(len(data.x_train) / batch_size)
+    method.check_budget(epochs, n_batches)
     method.on_train_start(epochs, n_batches)
     schedulers = make_schedulers(
         method.optimizers(), lr_schedule, epochs, lr_step_epochs, lr_step_factor
     )
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=disable, unit="epoch"):
+        method.on_epoch_start(epoch)
         sums: dict[str, float] = defaultdict(float)
         probing = 0.0  # diagnostics time, not counted as training time
         start = time.perf_counter()
@@ -167,9 +176,9 @@ def fit(
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
             for scheduler in schedulers:
                 scheduler.step()
-        method.on_epoch_end(epoch)
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k)
         log.info("epoch %d/%d %s", epoch, epochs, summary)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        method.reset_epoch_metrics()
     return metrics

@@ -39,7 +39,6 @@ from experiments.data import Dataset, DataUnavailableError, carve_validation
 from experiments.diagnostics import UpdateDiagnostics
 from experiments.interrupts import deliver_interrupts
 from experiments.loop import Diverged, fit
-from experiments.losses import loss_for_task
 from experiments.tracking import RunTracker, fail_sweep
 from experiments.validation import (
     ConfigError,
@@ -47,7 +46,8 @@ from experiments.validation import (
     resolve_device,
     validate_config,
 )
-from methods import MethodConfigError, build_method
+from methods import Method, MethodConfigError, build_method
+from methods.losses import loss_for_task
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +115,12 @@ def build_model(cfg: DictConfig, data: Dataset) -> torch.nn.Module:
         raise ConfigError(str(cause) if "model." in str(cause) else f"model: {cause}") from None
 
 
-def check_compatible(method: Any, data: Dataset, cfg: DictConfig) -> None:
+def check_compatible(method: Method, data: Dataset, cfg: DictConfig) -> None:
     """Fail early on a model/data mismatch or a budget the method cannot use.
 
-    Runs the model and loss on two training examples, and gives the method its budget
-    (:meth:`~methods.base.Method.on_train_start`, which :func:`~experiments.loop.fit` repeats).
+    Runs the model and loss on two training examples, and checks the budget with the method's
+    pure :meth:`~methods.base.Method.check_budget` (no state is set: the loop alone starts
+    training, :meth:`~methods.base.Method.on_train_start`, once).
 
     Raises:
         ConfigError: with the underlying error, before any run is created.
@@ -134,7 +135,7 @@ def check_compatible(method: Any, data: Dataset, cfg: DictConfig) -> None:
         ) from None
     batches = math.ceil(len(data.x_train) / cfg.train.batch_size)
     try:
-        method.on_train_start(cfg.train.epochs, batches)
+        method.check_budget(cfg.train.epochs, batches)
     except MethodConfigError as error:
         raise ConfigError(str(error)) from None
     if cfg.train.lr_schedule != "none" and not method.persistent_optimizers:

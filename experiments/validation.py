@@ -15,6 +15,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from methods import MethodConfigError, available_methods, check_method_options
+
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("none", "step", "cosine")
 # Seeds from here on are for tuning only; evaluation seeds (a comparison's ``seed=0,1,...``)
@@ -200,8 +202,6 @@ def validate_config(cfg: DictConfig) -> None:
             group, an unknown method or method option, or an out-of-range value; the message
             starts with the key.
     """
-    from methods import MethodConfigError, available_methods, check_method_options
-
     missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))
     if missing:
         raise ConfigError(f"{missing[0]}: missing mandatory value (set it with {missing[0]}=...)")

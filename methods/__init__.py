@@ -3,6 +3,11 @@
 Importing this package imports every module in it, so a new method registers itself simply by
 existing: add ``methods/<name>.py`` with a ``@register_method("<name>")`` class and
 ``conf/method/<name>.yaml`` with ``name: <name>``; nothing else changes.
+
+Beside the rules it holds what they share: the networks (:mod:`methods.networks`), the task
+losses (:mod:`methods.losses`) and the geometry of update directions (:mod:`methods.geometry`).
+The package is a torch-only library: it imports nothing from ``experiments`` or ``analysis``,
+nor Hydra or MLflow; the harness imports it, never the reverse.
 """
 
 import importlib

@@ -45,9 +45,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from experiments.losses import Loss
-from experiments.models import MLP
-from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
+from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.losses import Loss
+from methods.networks import MLP
 
 TOP_CODE_LOSSES = ("scaled_loss", "scaled_mismatch")
 
@@ -76,7 +76,7 @@ class AlternatingMinimization(Method):
       the per-batch increase of ``mu`` (``d_mu`` = 0), the post-processing of the last layer.
 
     Args:
-        model: an :class:`~experiments.models.MLP`.
+        model: an :class:`~methods.networks.MLP`.
         loss: task loss ``L`` (batch mean).
         optimizer: optimiser config of the weights.
         mu: the code-mismatch weight (> 0; 0.003): divides ``L`` in the top code's loss
@@ -128,7 +128,6 @@ class AlternatingMinimization(Method):
         self.code_momentum = code_momentum
         self.top_code_loss = top_code_loss
         self.optimizer = make_optimizer(model.parameters(), optimizer)
-        self.means = EpochMeans()
 
     def forward_codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[c_1^0, ..., c_{L-1}^0]``: the hidden pre-activations, detached, ``(batch, n_l)``."""
@@ -219,4 +218,4 @@ class AlternatingMinimization(Method):
 
     def epoch_metrics(self) -> dict[str, float]:
         """Epoch means of ``code_shift_layer{l}``."""
-        return self.means.pop()
+        return self.means.values()

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.losses import Loss
 from methods.base import Method, make_optimizer, register_method
+from methods.losses import Loss
 
 
 @register_method("backprop")

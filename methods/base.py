@@ -14,11 +14,32 @@ method:
 2. :meth:`Method.apply_update` lets the configured optimiser apply it.
 
 Comparing ``param.grad`` after step 1 with the backprop gradient on the same batch gives the
-alignment angle of Meulemans et al. (2020, Sec. 5) for any method.
+alignment angle of Meulemans et al. (2020, Sec. 5) for any method. That comparison, and every
+other diagnostic that does not depend on the method (gradient and update norms), is the harness's
+(``experiments.diagnostics``); a method reports only what only it knows (inverse losses, code
+shifts, synthetic-gradient losses, ...), through :meth:`Method.epoch_metrics`.
+
+The loop drives a method through these calls, in this order (the lifecycle contract)::
+
+    check_budget(epochs, batches_per_epoch)   # pure; the entry point calls it early too
+    on_train_start(epochs, batches_per_epoch) # exactly once per training run
+    for epoch in 1..epochs:
+        on_epoch_start(epoch)                 # sets Method.epoch: the only epoch counter
+        step(x, y) for each batch             # compute_update, then apply_update
+        epoch_metrics()                       # pure getter, read once the epoch is trained
+        reset_epoch_metrics()                 # after the epoch was logged: clear accumulators
+
+A method never counts epochs itself: it reads :attr:`Method.epoch`, which the loop sets. Its
+per-epoch scalars accumulate during the epoch (in :attr:`Method.means`, an :class:`EpochMeans`)
+and are cleared only by :meth:`Method.reset_epoch_metrics`, so reading them changes nothing.
+
+This package is a torch-only library: nothing in ``methods/`` imports the harness
+(``experiments``), the analysis, Hydra or MLflow (``tests/test_layers.py``).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -28,7 +49,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from experiments.losses import Loss
+from methods.losses import Loss
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -114,6 +135,42 @@ def build_method(name: str, model: nn.Module, loss: Loss, options: Mapping[str, 
     return get_method_class(name)(model=model, loss=loss, **dict(options))
 
 
+def locate(path: str) -> Any:
+    """The object named by a dotted path, e.g. ``"torch.optim.Adam"``.
+
+    The longest importable module prefix is imported, then the rest is read as attributes (so a
+    class nested in a class works too), as Hydra's ``_target_`` lookup does.
+
+    Args:
+        path: ``"package.module.Name"`` (at least one dot-separated part, none empty).
+
+    Raises:
+        ImportError: if no prefix of ``path`` is an importable module, or a part is missing.
+    """
+    parts = path.split(".")
+    if not all(parts):
+        raise ImportError(f"not a dotted path: {path!r}")
+    for stop in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:stop])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            # Only "this prefix is not a module" moves on to a shorter one; a module that exists
+            # but fails to import itself is an error of its own.
+            missing = error.name or module_name
+            if module_name != missing and not module_name.startswith(f"{missing}."):
+                raise
+            continue
+        for index in range(stop, len(parts)):
+            try:
+                obj = getattr(obj, parts[index])
+            except AttributeError:
+                owner = ".".join(parts[:index])
+                raise ImportError(f"{owner!r} has no attribute {parts[index]!r}") from None
+        return obj
+    raise ImportError(f"no module named {parts[0]!r}")
+
+
 def make_optimizer(
     params: Iterator[nn.Parameter] | list[nn.Parameter],
     config: Mapping[str, Any],
@@ -124,23 +181,22 @@ def make_optimizer(
     Args:
         params: the parameters it will update.
         config: ``{"_target_": "torch.optim.Adam", "lr": 1e-3, ...}``; any optimiser class
-            importable by dotted path works.
+            importable by dotted path works (looked up by :func:`locate`); ``_partial_`` is
+            ignored.
         key: the config key of ``config``, used in error messages.
 
     Raises:
         MethodConfigError: if ``_target_`` is missing, cannot be imported, is not an optimiser,
             or the optimiser rejects the given keyword arguments.
     """
-    from hydra.utils import get_class
-
     options = dict(config)
     target = options.pop("_target_", None)
     options.pop("_partial_", None)
     if not target:
         raise MethodConfigError(f"{key}._target_ is missing (e.g. torch.optim.Adam)")
     try:
-        cls = get_class(target)
-    except Exception as error:  # Hydra wraps ImportError in its own exception types.
+        cls = locate(str(target))
+    except ImportError as error:
         raise MethodConfigError(f"{key}._target_: cannot import {target!r}") from error
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise MethodConfigError(f"{key}._target_: {target!r} is not a torch optimiser")
@@ -152,6 +208,9 @@ def make_optimizer(
 
 class EpochMeans:
     """Per-key means of scalars logged during an epoch, for :meth:`Method.epoch_metrics`.
+
+    :meth:`values` reads them without side effects; :meth:`reset` (called through
+    :meth:`Method.reset_epoch_metrics` by the loop, once the epoch is logged) clears them.
 
     Each key is averaged over the number of times it was added, so a quantity measured only in
     some steps (e.g. in one phase of a schedule) is not diluted by the others.
@@ -166,12 +225,14 @@ class EpochMeans:
         self._sums[key] += value
         self._counts[key] += 1
 
-    def pop(self) -> dict[str, float]:
-        """The means so far, sorted by key, and reset for the next epoch."""
-        means = {key: total / self._counts[key] for key, total in sorted(self._sums.items())}
+    def values(self) -> dict[str, float]:
+        """The means so far, sorted by key; changes nothing (read them as often as needed)."""
+        return {key: total / self._counts[key] for key, total in sorted(self._sums.items())}
+
+    def reset(self) -> None:
+        """Forget every value, for the next epoch."""
         self._sums.clear()
         self._counts.clear()
-        return means
 
 
 class Method(ABC):
@@ -180,12 +241,21 @@ class Method(ABC):
     Subclasses implement :meth:`compute_update`; most also create ``self.optimizer`` for the
     model's parameters (with :func:`make_optimizer`) and inherit :meth:`apply_update`.
 
+    See the module docstring for the order in which the loop calls the hooks.
+
     Attributes:
         name: the registered name (set by :func:`register_method`).
         model: the network being trained; its ``forward`` maps ``(batch, *features)`` to
             ``(batch, outputs)``.
         loss: the task loss.
         optimizer: the optimiser that applies the update written into ``.grad``, or ``None``.
+        epoch: the current epoch, 1-based, set by the loop through :meth:`on_epoch_start`; 1
+            before training starts (a method used outside the loop behaves as in its first
+            epoch). Methods with phases or epoch schedules read it; none keeps a counter.
+        means: per-epoch means of the method's own scalars (:class:`EpochMeans`), reported by
+            :meth:`epoch_metrics` and cleared by :meth:`reset_epoch_metrics`.
+        probe: a fixed batch (the first seen, see :meth:`keep_probe`) for the method's own
+            per-epoch diagnostics, or ``None``.
     """
 
     name: ClassVar[str] = "abstract"
@@ -196,6 +266,8 @@ class Method(ABC):
         self.model = model
         self.loss = loss
         self.optimizer: torch.optim.Optimizer | None = None
+        self.epoch = 1
+        self.means = EpochMeans()
         # A fixed batch for a method's own per-epoch diagnostics (see keep_probe).
         self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -269,11 +341,11 @@ class Method(ABC):
         for param in self.model.parameters():
             param.grad = None
 
-    def on_train_start(self, epochs: int, batches_per_epoch: int) -> None:
-        """Hook called before training with the budget, for methods with phases; no-op.
+    def check_budget(self, epochs: int, batches_per_epoch: int) -> None:
+        """Check that this method can train for the given budget; nothing by default.
 
-        It may be called more than once with the same budget (the entry point checks the budget
-        before the run is created, then the loop calls it), so it must only set state.
+        Pure (no state is set), so the entry point can call it before any run is created and
+        the loop again before training.
 
         Args:
             epochs: the run's budget in epochs (``train.epochs``).
@@ -284,6 +356,25 @@ class Method(ABC):
         """
         return
 
+    def on_train_start(self, epochs: int, batches_per_epoch: int) -> None:
+        """Hook called exactly once by the loop, before the first epoch, with the budget; no-op.
+
+        For methods with phases (e.g. a split of the epochs). The loop has already called
+        :meth:`check_budget` with the same budget.
+
+        Args:
+            epochs: the run's budget in epochs (``train.epochs``).
+            batches_per_epoch: number of updates per epoch.
+        """
+        return
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the loop before each epoch's first batch: sets :attr:`epoch` (1-based).
+
+        The loop owns the epoch count; an override must call this implementation.
+        """
+        self.epoch = epoch
+
     def artifacts(self) -> dict[str, Any]:
         """Objects saved with the run at its start (``torch.save``), by file name; none by default.
 
@@ -292,9 +383,19 @@ class Method(ABC):
         return {}
 
     def epoch_metrics(self) -> dict[str, float]:
-        """Method-specific scalars to log once per epoch (e.g. inverse losses); empty by default."""
-        return {}
+        """Method-specific scalars of the current epoch, logged once per epoch by the loop.
 
-    def on_epoch_end(self, epoch: int) -> None:
-        """Hook called by the loop after each epoch (1-based) for schedules; no-op by default."""
-        return
+        Only what the method alone knows (inverse losses, code shifts, synthetic-gradient
+        losses, ...); method-agnostic diagnostics belong to the harness. A pure getter: the
+        default returns the epoch means accumulated in :attr:`means` (empty if none) and
+        nothing is reset; the loop calls :meth:`reset_epoch_metrics` once the epoch is logged.
+        """
+        return self.means.values()
+
+    def reset_epoch_metrics(self) -> None:
+        """Clear the per-epoch accumulators; called by the loop after logging each epoch.
+
+        The default resets :attr:`means`; a method that accumulates more (e.g. votes) clears
+        it here too, and an override must call this implementation.
+        """
+        self.means.reset()

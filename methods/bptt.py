@@ -7,8 +7,9 @@ detached at the border, and the weights are updated after every segment. Gradien
 Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks", ICML 2013,
 Alg. 1 (if ``||g|| > threshold``, ``g <- threshold g / ||g||``).
 
-Diagnostics (never part of training; computed on a fixed probe batch, the first training batch,
-every ``probe_every`` epochs, with ``torch.autograd.grad`` so no ``.grad`` is touched):
+Diagnostics specific to recurrent networks (never part of training; computed on a fixed probe
+batch, the first training batch, when the loop reads the epoch's metrics, every ``probe_every``
+epochs of the loop's count, with ``torch.autograd.grad`` so no ``.grad`` is touched):
 
 * ``dL_dh/t{t:03d}`` for t = 1..T: the norm of the full-BPTT gradient ``dL/dh_t`` of the batch
   loss with respect to the top layer's hidden state at step t (Pascanu et al. 2013, Eq. 3-5);
@@ -29,9 +30,9 @@ from typing import Any
 
 import torch
 
-from experiments.losses import IGNORE_INDEX, Loss
-from experiments.rnn import RecurrentNetwork, State
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.losses import IGNORE_INDEX, Loss
+from methods.networks import RecurrentNetwork, State
 
 
 def hidden_state_gradient_norms(
@@ -59,7 +60,7 @@ def detach_state(state: State) -> State:
 
 @register_method("bptt")
 class BPTT(Method):
-    """Full backpropagation through time on a :class:`~experiments.rnn.RecurrentNetwork`.
+    """Full backpropagation through time on a :class:`~methods.networks.RecurrentNetwork`.
 
     Args:
         model: the recurrent network.
@@ -93,7 +94,6 @@ class BPTT(Method):
         self.clip_grad_norm = clip_grad_norm
         self.probe_every = probe_every
         self.optimizer = make_optimizer(model.parameters(), optimizer)
-        self.epochs_done = 0
 
     def clip(self) -> float:
         """Clip the gradient in ``.grad`` if configured; returns its norm before clipping."""
@@ -111,7 +111,7 @@ class BPTT(Method):
 
     def epoch_metrics(self) -> dict[str, float]:
         """Diagnostics of the module docstring, every ``probe_every`` epochs (from epoch 1)."""
-        if self.probe is None or self.epochs_done % self.probe_every != 0:
+        if self.probe is None or (self.epoch - 1) % self.probe_every != 0:
             return {}
         norms = hidden_state_gradient_norms(self.model, self.loss, *self.probe)
         metrics = {f"dL_dh/t{t:03d}": value for t, value in enumerate(norms.tolist(), start=1)}
@@ -119,10 +119,6 @@ class BPTT(Method):
             sigma = torch.linalg.matrix_norm(weight.detach().float(), ord=2).item()
             metrics[f"w_hh_sigma_max_layer{layer}"] = sigma
         return metrics
-
-    def on_epoch_end(self, epoch: int) -> None:
-        """Count epochs for the probe schedule."""
-        self.epochs_done = epoch
 
 
 @register_method("tbptt")

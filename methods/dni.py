@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.losses import CrossEntropy, Loss
-from experiments.models import MLP
-from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
+from methods.base import Method, MethodConfigError, make_optimizer, register_method
 from methods.geometry import cosine
+from methods.losses import CrossEntropy, Loss
+from methods.networks import MLP
 
 
 class SyntheticGradientModule(nn.Module):
@@ -81,7 +81,7 @@ class DecoupledNeuralInterfaces(Method):
       class label); a classification task gets the paper's one-hot label.
 
     Args:
-        model: an :class:`~experiments.models.MLP`.
+        model: an :class:`~methods.networks.MLP`.
         loss: task loss (cDNI conditions on the one-hot label for classification, on the target
             itself for regression).
         optimizer: optimiser config for the base network.
@@ -117,7 +117,6 @@ class DecoupledNeuralInterfaces(Method):
         self.synthetic_optimizer = make_optimizer(
             self.synthetic_modules.parameters(), synthetic_optimizer, "method.synthetic_optimizer"
         )
-        self.means = EpochMeans()
 
     def context(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
         """CDNI's conditioning vector: one-hot labels or regression targets; else ``None``."""
@@ -190,7 +189,7 @@ class DecoupledNeuralInterfaces(Method):
 
     def epoch_metrics(self) -> dict[str, float]:
         """``sg_loss_layer{i}`` epoch means and ``sg_cosine_layer{i}`` on the probe batch."""
-        metrics = self.means.pop()
+        metrics = self.means.values()
         if self.probe is not None:
             x, y = self.probe
             true = self.true_hidden_gradients(x, y)

@@ -27,12 +27,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from experiments.losses import Loss
-from experiments.rnn import RecurrentNetwork
-from methods.base import EpochMeans, MethodConfigError, make_optimizer, register_method
+from methods.base import MethodConfigError, make_optimizer, register_method
 from methods.bptt import TruncatedBPTT
 from methods.dni import SyntheticGradientModule
 from methods.geometry import cosine
+from methods.losses import Loss
+from methods.networks import RecurrentNetwork
 
 
 @register_method("dni_rnn")
@@ -47,7 +47,7 @@ class RecurrentDNI(TruncatedBPTT):
       gradient.
 
     Args:
-        model: a one-layer :class:`~experiments.rnn.RecurrentNetwork` with ``cell=rnn|gru``.
+        model: a one-layer :class:`~methods.networks.RecurrentNetwork` with ``cell=rnn|gru``.
         loss: task loss.
         optimizer: optimiser config of the network.
         synthetic_optimizer: optimiser config of the synthetic-gradient module.
@@ -88,7 +88,6 @@ class RecurrentDNI(TruncatedBPTT):
         self.synthetic_optimizer = make_optimizer(
             self.synthetic_module.parameters(), synthetic_optimizer, "method.synthetic_optimizer"
         )
-        self.means = EpochMeans()
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The network's optimiser and the synthetic-gradient modules' optimiser."""
@@ -156,7 +155,7 @@ class RecurrentDNI(TruncatedBPTT):
 
     def epoch_metrics(self) -> dict[str, float]:
         """BPTT diagnostics plus ``sg_loss`` and the probe-batch ``sg_cosine``."""
-        metrics = {**super().epoch_metrics(), **self.means.pop()}
+        metrics = {**super().epoch_metrics(), **self.means.values()}
         if self.probe is not None:
             x, y = self.probe
             outputs, hidden, _ = self.model.run(x)

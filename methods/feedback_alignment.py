@@ -20,9 +20,9 @@ are drawn once, U(-1/sqrt(rows), 1/sqrt(rows)) with ``rows`` the size of the err
 (Nokland's scaling), from ``feedback_seed`` (or from the run's seeded RNG when null), never
 trained, and saved with the run as the artifact ``feedback_weights.pt``.
 
-Logged per epoch: ``alignment_angle_layer{l}``, the angle in degrees between this method's update
-of ``W_l`` and the backprop gradient on a fixed probe batch (the first training batch), for the
-hidden layers (a diagnostic only; :func:`methods.geometry.angle_degrees`, NaN when undefined).
+No metric of its own: the angle between this method's update of ``W_l`` and the backprop
+gradient is the harness's method-agnostic diagnostic ``alignment/layers.<l-1>.weight``
+(``diagnostics.every_steps``), which compares any method's update with backprop.
 """
 
 from __future__ import annotations
@@ -33,17 +33,16 @@ from typing import Any
 
 import torch
 
-from experiments.losses import Loss
-from experiments.models import MLP
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
-from methods.geometry import angle_degrees
+from methods.losses import Loss
+from methods.networks import MLP
 
 FEEDBACK = ("random", "symmetric")
 
 
 @register_method("fa")
 class FeedbackAlignment(Method):
-    """Feedback alignment (Lillicrap et al. 2016) on an :class:`~experiments.models.MLP`.
+    """Feedback alignment (Lillicrap et al. 2016) on an :class:`~methods.networks.MLP`.
 
     Departures from the paper, with the reason:
 
@@ -133,23 +132,10 @@ class FeedbackAlignment(Method):
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Write the feedback-alignment update of every layer into ``.grad``."""
-        self.keep_probe(x, y)
         grads, logits = self.updates(x, y)
         for param, grad in zip(self.model.parameters(), grads):
             param.grad = grad
         return self.loss.metrics(logits, y)
-
-    def epoch_metrics(self) -> dict[str, float]:
-        """``alignment_angle_layer{l}`` for the hidden layers, on the probe batch."""
-        if self.probe is None:
-            return {}
-        x, y = self.probe
-        grads, _ = self.updates(x, y)
-        true = torch.autograd.grad(self.loss(self.model(x), y), list(self.model.parameters()))
-        return {
-            f"alignment_angle_layer{k}": angle_degrees(grads[2 * (k - 1)], true[2 * (k - 1)])
-            for k in range(1, len(self.model.layers))
-        }
 
     def artifacts(self) -> dict[str, Any]:
         """``{"feedback_weights.pt": [B_2, ...]}``: the fixed matrices, saved with the run."""

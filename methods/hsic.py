@@ -32,10 +32,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from experiments.losses import CrossEntropy, Loss
-from experiments.models import MLP
-from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
+from methods.base import Method, MethodConfigError, make_optimizer, register_method
 from methods.hsic_estimators import ESTIMATORS, gaussian_kernel, median_sigma
+from methods.losses import CrossEntropy, Loss
+from methods.networks import MLP
 
 
 @register_method("hsic")
@@ -60,8 +60,8 @@ class HSICBottleneck(Method):
       per class).
 
     Args:
-        model: an :class:`~experiments.models.MLP`; its output layer is the format layer.
-        loss: must be :class:`~experiments.losses.CrossEntropy` (``Y`` is one-hot).
+        model: an :class:`~methods.networks.MLP`; its output layer is the format layer.
+        loss: must be :class:`~methods.losses.CrossEntropy` (``Y`` is one-hot).
         optimizer: config of each hidden layer's optimiser (one per layer).
         format_optimizer: config of the format layer's optimiser.
         beta: ``beta`` of Eq. 6 (> 0; the paper's MNIST MLP uses 50).
@@ -130,8 +130,6 @@ class HSICBottleneck(Method):
             model.layers[-1].parameters(), format_optimizer, "method.format_optimizer"
         )
         self.hsic_epochs = math.inf  # set by on_train_start
-        self.epochs_done = 0
-        self.means = EpochMeans()
         # Unformatted accuracy: which label each last-hidden unit stands for, by majority vote of
         # the training examples on which it was the argmax (previous epoch's counts).
         width = model.hidden_sizes[-1]
@@ -147,8 +145,8 @@ class HSICBottleneck(Method):
 
     @property
     def formatting(self) -> bool:
-        """Whether the current epoch belongs to the format phase."""
-        return self.epochs_done >= self.hsic_epochs
+        """Whether the current :attr:`epoch` belongs to the format phase."""
+        return self.epoch - 1 >= self.hsic_epochs
 
     def _sigma(self, a: torch.Tensor) -> float | torch.Tensor:
         return median_sigma(a) if self.median_heuristic else self.sigma
@@ -247,15 +245,15 @@ class HSICBottleneck(Method):
         as classes). ``test_accuracy`` is the format layer's: chance level until the format
         phase starts.
         """
-        metrics = self.means.pop()
+        metrics = self.means.values()
         metrics["phase"] = float(self.formatting)
         if self._unformatted_seen:
             metrics["unformatted_train_accuracy"] = self._unformatted_hits / self._unformatted_seen
+        return metrics
+
+    def reset_epoch_metrics(self) -> None:
+        """Clear the epoch means; the epoch's votes become the units' labels for the next one."""
+        super().reset_epoch_metrics()
         self._unit_labels = self._votes.argmax(dim=1)
         self._votes.zero_()
         self._unformatted_hits, self._unformatted_seen = 0.0, 0
-        return metrics
-
-    def on_epoch_end(self, epoch: int) -> None:
-        """Advance to the format phase once the HSIC epochs are done."""
-        self.epochs_done = epoch

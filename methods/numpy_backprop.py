@@ -13,15 +13,15 @@ from typing import Any
 
 import torch
 
-from experiments.losses import CrossEntropy, Loss, MeanSquaredError
-from experiments.models import MLP
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.losses import CrossEntropy, Loss, MeanSquaredError
+from methods.networks import MLP
 from methods.numpy_reference import NumpyMLP
 
 
 @register_method("numpy_backprop")
 class NumpyBackprop(Method):
-    """Backprop by :class:`NumpyMLP`; only for :class:`~experiments.models.MLP` models.
+    """Backprop by :class:`NumpyMLP`; only for :class:`~methods.networks.MLP` models.
 
     Args:
         model: an ``MLP`` whose activation the NumPy reference supports.

@@ -55,9 +55,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.losses import Loss
-from experiments.models import ACTIVATIONS, MLP
-from methods.base import EpochMeans, Method, MethodConfigError, make_optimizer, register_method
+from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.losses import Loss
+from methods.networks import ACTIVATIONS, MLP
 
 SCHEDULES = ("per_batch", "alternating")
 INVERSE_INITS = ("orthogonal", "default")
@@ -85,7 +85,7 @@ class DifferenceTargetPropagation(Method):
       update every layer, as the paper describes.
 
     Args:
-        model: an :class:`~experiments.models.MLP` with at least one hidden layer.
+        model: an :class:`~methods.networks.MLP` with at least one hidden layer.
         loss: task loss ``L`` (batch mean).
         forward_optimizer: optimiser config for the forward weights (all ``model`` parameters).
         feedback_optimizer: optimiser config for the inverses ``V_i, c_i``.
@@ -158,8 +158,6 @@ class DifferenceTargetPropagation(Method):
         self.schedule = schedule
         self.feedback_pretrain_epochs = feedback_pretrain_epochs
         self.top_target_layer = top_target_layer
-        # The loop reports epochs only at their end; the schedule needs the current one.
-        self.epochs_done = 0
         act_name = model.activation_name if inverse_activation == "same" else inverse_activation
         self.inverse_activation = ACTIVATIONS[act_name]()
         sizes = [model.input_size, *model.hidden_sizes, model.output_size]
@@ -181,7 +179,6 @@ class DifferenceTargetPropagation(Method):
             if len(self.inverses)
             else None
         )
-        self.means = EpochMeans()
 
     @property
     def num_hidden(self) -> int:
@@ -328,12 +325,12 @@ class DifferenceTargetPropagation(Method):
         return {i: value.item() for i, value in losses.items()}
 
     def phase(self) -> str:
-        """What the current epoch trains: ``feedback``, ``forward`` or ``both``."""
-        epoch = self.epochs_done
-        if epoch < self.feedback_pretrain_epochs:
+        """What the current :attr:`epoch` trains: ``feedback``, ``forward`` or ``both``."""
+        done = self.epoch - 1  # epochs before the current one
+        if done < self.feedback_pretrain_epochs:
             return "feedback"
         if self.schedule == "alternating":
-            return "feedback" if (epoch - self.feedback_pretrain_epochs) % 2 == 0 else "forward"
+            return "feedback" if (done - self.feedback_pretrain_epochs) % 2 == 0 else "forward"
         return "both"
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -356,10 +353,10 @@ class DifferenceTargetPropagation(Method):
         return metrics
 
     def epoch_metrics(self) -> dict[str, float]:
-        """Epoch means of ``inverse_loss_layer{i}`` and ``target_distance_layer{i}``; resets."""
-        return self.means.pop()
+        """Epoch means of ``inverse_loss_layer{i}`` and ``target_distance_layer{i}``."""
+        return self.means.values()
 
-    def on_train_start(self, epochs: int, batches_per_epoch: int) -> None:
+    def check_budget(self, epochs: int, batches_per_epoch: int) -> None:
         """Check that the feedback pre-training leaves epochs to train the network.
 
         Raises:
@@ -370,10 +367,6 @@ class DifferenceTargetPropagation(Method):
                 f"method.feedback_pretrain_epochs: {self.feedback_pretrain_epochs} pre-training "
                 f"epochs leave none of the train.epochs={epochs} budget to train the network"
             )
-
-    def on_epoch_end(self, epoch: int) -> None:
-        """Advance the schedule (pre-training, alternation)."""
-        self.epochs_done = epoch
 
 
 @register_method("drl")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.losses import CrossEntropy
-from experiments.models import MLP
 from experiments.train import run
 from methods import MethodConfigError, build_method
+from methods.losses import CrossEntropy
+from methods.networks import MLP
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05}
 

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from experiments.data.digits import load_digits
-from experiments.diagnostics import UpdateDiagnostics, angle_degrees
+from experiments.diagnostics import UpdateDiagnostics
 from experiments.loop import fit
-from experiments.losses import CrossEntropy
-from experiments.models import MLP
 from experiments.train import run
 from methods import build_method
+from methods.geometry import angle_degrees
+from methods.losses import CrossEntropy
+from methods.networks import MLP
 
 ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 

@@ -6,11 +6,11 @@ import mlflow
 import pytest
 import torch
 
-from experiments.losses import CrossEntropy, MeanSquaredError
-from experiments.models import MLP
 from experiments.train import run
 from methods import MethodConfigError, build_method
 from methods.dni import SyntheticGradientModule, cosine
+from methods.losses import CrossEntropy, MeanSquaredError
+from methods.networks import MLP
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1}
 ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3}

@@ -4,10 +4,10 @@ import mlflow
 import pytest
 import torch
 
-from experiments.losses import MeanSquaredError
-from experiments.rnn import RecurrentNetwork
 from experiments.train import run
 from methods import MethodConfigError, build_method
+from methods.losses import MeanSquaredError
+from methods.networks import RecurrentNetwork
 
 STILL = {"_target_": "torch.optim.SGD", "lr": 0.0}  # parameters stay put: exact comparisons
 

@@ -6,11 +6,12 @@ import mlflow
 import pytest
 import torch
 
-from experiments.diagnostics import angle_degrees
-from experiments.losses import CrossEntropy
-from experiments.models import MLP
+from experiments.diagnostics import UpdateDiagnostics
 from experiments.train import run
 from methods import MethodConfigError, build_method
+from methods.geometry import angle_degrees
+from methods.losses import CrossEntropy
+from methods.networks import MLP
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05}
 
@@ -81,13 +82,13 @@ def test_alignment_angle_decreases_over_training(name):
         CrossEntropy(),
         {"optimizer": {"_target_": "torch.optim.SGD", "lr": 0.5}, "feedback_seed": 0},
     )
-    method.probe = (x, y)
-    start = method.epoch_metrics()
+    diagnostics = UpdateDiagnostics(x, y, every_steps=1)
+    start = diagnostics(method)
     for _ in range(400):
         method.step(x, y)
-    end = method.epoch_metrics()
-    for layer in (1, 2):
-        key = f"alignment_angle_layer{layer}"
+    end = diagnostics(method)
+    for layer in (1, 2):  # the hidden layers
+        key = f"alignment/layers.{layer - 1}.weight"
         assert end[key] < start[key] - 5, (key, start[key], end[key])
 
 
@@ -108,13 +109,16 @@ def test_dfa_has_no_symmetric_feedback():
 
 @pytest.mark.parametrize("name", ["fa", "dfa"])
 def test_end_to_end_saves_feedback_weights_and_logs_angles(make_config, name):
-    cfg = make_config(f"method={name}", "data=digits", "train.epochs=2")
+    cfg = make_config(
+        f"method={name}", "data=digits", "train.epochs=2", "diagnostics.every_steps=5"
+    )
     run(cfg)
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     [logged] = mlflow.search_runs(
         experiment_names=[cfg.mlflow.experiment_name], output_format="list"
     )
-    assert "alignment_angle_layer1" in logged.data.metrics
+    assert "alignment/layers.0.weight" in logged.data.metrics
+    assert not any(key.startswith("alignment_angle") for key in logged.data.metrics)
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
     saved = torch.load(client.download_artifacts(logged.info.run_id, "feedback_weights.pt"))
     assert len(saved) == 2

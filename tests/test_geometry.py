@@ -1,15 +1,17 @@
 """The one cosine and the one angle: known values by hand, NaN wherever they are undefined."""
 
+import ast
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from experiments.diagnostics import UpdateDiagnostics
-from experiments.losses import CrossEntropy
-from experiments.models import MLP
 from methods import Method
 from methods.geometry import angle_degrees, cosine
+from methods.losses import CrossEntropy
+from methods.networks import MLP
 
 NAN, INF = float("nan"), float("inf")
 X = torch.tensor([1.0, 0.0], dtype=torch.float64)
@@ -74,11 +76,41 @@ def test_every_caller_uses_the_same_functions():
     import experiments.diagnostics
     import methods.dni
     import methods.dni_rnn
-    import methods.feedback_alignment
 
     assert experiments.diagnostics.angle_degrees is angle_degrees
-    assert methods.feedback_alignment.angle_degrees is angle_degrees
     assert methods.dni.cosine is cosine and methods.dni_rnn.cosine is cosine
+
+
+ROOT = Path(__file__).resolve().parents[1]
+GEOMETRY = ROOT / "methods" / "geometry.py"
+# Ways to compute an angle or a cosine between vectors other than methods.geometry's.
+OTHER_GEOMETRY = {"acos", "arccos", "atan2", "cosine_similarity", "CosineSimilarity"}
+
+
+def test_no_other_copy_of_the_angle_or_the_cosine_exists():
+    """methods/geometry.py is the one place that defines or computes an angle or a cosine."""
+    found = []
+    for folder in ("methods", "experiments", "analysis", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path == GEOMETRY:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+                defines = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not (
+                    node.name.startswith("test_")
+                )
+                if defines and ("angle" in node.name.lower() or "cosine" in node.name.lower()):
+                    found.append(f"{where} defines {node.name}")
+                name = (
+                    node.attr
+                    if isinstance(node, ast.Attribute)
+                    else node.id
+                    if isinstance(node, ast.Name)
+                    else None
+                )
+                if name in OTHER_GEOMETRY:
+                    found.append(f"{where} uses {name}")
+    assert not found, found
 
 
 class _Broken(Method):

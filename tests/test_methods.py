@@ -3,8 +3,6 @@
 import pytest
 import torch
 
-from experiments.losses import CrossEntropy, MeanSquaredError
-from experiments.models import MLP
 from methods import (
     Method,
     MethodConfigError,
@@ -13,6 +11,8 @@ from methods import (
     get_method_class,
     make_optimizer,
 )
+from methods.losses import CrossEntropy, MeanSquaredError
+from methods.networks import MLP
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1}
 
@@ -138,5 +138,54 @@ def test_epoch_means_average_each_key_over_its_own_count():
     for value in (1.0, 2.0, 6.0):
         means.add("every_step", value)
     means.add("once", 5.0)
-    assert means.pop() == {"every_step": 3.0, "once": 5.0}
-    assert means.pop() == {}  # reset for the next epoch
+    assert means.values() == {"every_step": 3.0, "once": 5.0}
+    assert means.values() == {"every_step": 3.0, "once": 5.0}  # reading changes nothing
+    means.reset()
+    assert means.values() == {}  # reset for the next epoch
+
+
+def _small_method(name):
+    """A method of each kind with per-epoch metrics, on a tiny MLP or RNN, and a batch."""
+    from methods.networks import RecurrentNetwork
+
+    torch.manual_seed(0)
+    adam = {"_target_": "torch.optim.Adam", "lr": 1e-2}
+    if name in ("bptt", "tbptt", "dni_rnn"):
+        model = RecurrentNetwork(2, 1, hidden_size=5)
+        options = {"optimizer": adam, "truncation": 3} if name != "bptt" else {"optimizer": adam}
+        if name == "dni_rnn":
+            options["synthetic_optimizer"] = adam
+        x, y = torch.randn(8, 7, 2), torch.randn(8, 1)
+        return build_method(name, model, MeanSquaredError(), options), x, y
+    options = {
+        "dtp": {"forward_optimizer": adam, "feedback_optimizer": adam},
+        "drl": {"forward_optimizer": adam, "feedback_optimizer": adam},
+        "hsic": {"optimizer": adam, "format_optimizer": adam, "sigma": 1.0},
+        "dni": {"optimizer": adam, "synthetic_optimizer": adam},
+        "altmin": {"optimizer": adam},
+    }[name]
+    model, x, y = tiny_problem()
+    return build_method(name, model, CrossEntropy(), options), x, y
+
+
+WITH_EPOCH_METRICS = ["dtp", "drl", "hsic", "dni", "altmin", "bptt", "tbptt", "dni_rnn"]
+
+
+@pytest.mark.parametrize("name", WITH_EPOCH_METRICS)
+def test_epoch_metrics_is_a_pure_getter_and_the_reset_is_explicit(name):
+    method, x, y = _small_method(name)
+    method.on_train_start(epochs=4, batches_per_epoch=3)
+    for _ in range(3):
+        method.step(x, y)
+    first = method.epoch_metrics()
+    assert first  # every one of these methods reports something of its own
+    assert method.epoch_metrics() == pytest.approx(first, nan_ok=True)  # reading changes nothing
+    method.reset_epoch_metrics()
+    assert method.means.values() == {}
+
+
+def test_the_epoch_is_the_loops():
+    method, x, y = _small_method("dtp")
+    assert method.epoch == 1  # outside the loop: as in the first epoch
+    method.on_epoch_start(3)
+    assert method.epoch == 3

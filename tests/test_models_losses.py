@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from experiments.losses import CrossEntropy, MeanSquaredError, loss_for_task
-from experiments.models import MLP, build_mlp
+from methods.losses import CrossEntropy, MeanSquaredError, loss_for_task
+from methods.networks import MLP, build_mlp
 
 
 def test_mlp_shapes_and_layers():

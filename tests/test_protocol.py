@@ -5,12 +5,12 @@ import math
 import mlflow
 import pytest
 
-from experiments.losses import CrossEntropy
-from experiments.models import MLP
 from experiments.schedule import make_schedulers
 from experiments.train import TrialDiverged, objective, run
 from experiments.validation import ConfigError, validate_config
 from methods import build_method
+from methods.losses import CrossEntropy
+from methods.networks import MLP
 
 ADAM = {"_target_": "torch.optim.Adam", "lr": 0.01}
 

@@ -7,11 +7,11 @@ import torch
 from analysis.runs import load_runs, load_time_step_norms
 from experiments.data.adding import load_adding, make_adding_sequences
 from experiments.data.mnist1d import load_mnist1d_sequences
-from experiments.losses import CrossEntropy, MeanSquaredError
-from experiments.rnn import RecurrentNetwork, build_rnn
 from experiments.train import run
 from methods import MethodConfigError, build_method
 from methods.bptt import hidden_state_gradient_norms
+from methods.losses import CrossEntropy, MeanSquaredError
+from methods.networks import RecurrentNetwork, build_rnn
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05}
 
@@ -107,7 +107,7 @@ def test_spectral_and_orthogonal_inits():
 
 
 def test_bptt_needs_a_recurrent_model():
-    from experiments.models import MLP
+    from methods.networks import MLP
 
     with pytest.raises(MethodConfigError, match="method=bptt needs model=rnn"):
         build_method("bptt", MLP(4, [4], 2), CrossEntropy(), {"optimizer": SGD})
@@ -185,7 +185,7 @@ def test_gru_on_mnist1d_sequences_end_to_end(make_config):
 
 def test_copy_task_layout():
     from experiments.data.copy_memory import make_copy_sequences
-    from experiments.losses import IGNORE_INDEX
+    from methods.losses import IGNORE_INDEX
 
     x, y = make_copy_sequences(
         50, delay=7, num_symbols=8, sequence_length=4, rng=np.random.default_rng(0)
@@ -200,7 +200,7 @@ def test_copy_task_layout():
 
 
 def test_ignored_targets_are_not_scored():
-    from experiments.losses import IGNORE_INDEX
+    from methods.losses import IGNORE_INDEX
 
     logits = torch.tensor([[[5.0, 0.0], [5.0, 0.0], [0.0, 5.0]]])  # predicts 0, 0, 1
     target = torch.tensor([[IGNORE_INDEX, 1, 1]])

@@ -2,18 +2,18 @@
 updates, DRL against hand computations, locality, learning, logging."""
 
 import copy
-import math
 
 import mlflow
 import numpy as np
 import pytest
 import torch
 
-from experiments.losses import CrossEntropy
-from experiments.models import MLP
 from experiments.train import run
 from experiments.validation import ConfigError
 from methods import MethodConfigError, build_method
+from methods.geometry import angle_degrees
+from methods.losses import CrossEntropy
+from methods.networks import MLP
 
 ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 
@@ -41,11 +41,6 @@ def linear_network_with_exact_inverses(name, width=6, depth=4, seed=0, **options
     x = torch.randn(16, width, dtype=torch.float64)
     y = torch.randint(0, 3, (16,))
     return model, method, x, y
-
-
-def angle_degrees(a, b):
-    cosine = (a * b).sum() / (a.norm() * b.norm())
-    return math.degrees(math.acos(max(-1.0, min(1.0, cosine.item()))))
 
 
 @pytest.mark.parametrize("name", ["dtp", "drl"])
@@ -273,12 +268,12 @@ def test_feedback_phases_follow_the_schedule():
     x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
     phases = []
     for epoch in range(1, 5):
+        method.on_epoch_start(epoch)
         phases.append(method.phase())
         weights = [p.detach().clone() for p in model.parameters()]
         method.step(x, y)
         moved = any(not torch.equal(p, w) for p, w in zip(model.parameters(), weights))
         assert moved == (phases[-1] != "feedback")
-        method.on_epoch_end(epoch)
     assert phases == ["feedback", "feedback", "forward", "feedback"]
     assert make("dtp", MLP(5, [6, 6], 3)).phase() == "both"
 

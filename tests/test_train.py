@@ -163,11 +163,8 @@ def test_real_divergence_with_huge_learning_rate(make_config):
 class InterruptInEpochTwo(Backprop):
     """Backprop that raises KeyboardInterrupt (as Ctrl-C would) during the second epoch."""
 
-    def on_epoch_end(self, epoch):
-        self.epochs_done = epoch
-
     def compute_update(self, x, y):
-        if getattr(self, "epochs_done", 0) == 1:
+        if self.epoch == 2:
             raise KeyboardInterrupt
         return super().compute_update(x, y)
 
@@ -182,6 +179,55 @@ def test_interrupted_run_is_killed_and_keeps_its_metrics(make_config):
     assert logged.info.status == "KILLED"
     client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
     assert [m.step for m in client.get_metric_history(logged.info.run_id, "test_loss")] == [1]
+
+
+@register_method("test_lifecycle")
+class RecordsItsLifecycle(Backprop):
+    """Backprop that records every lifecycle call the harness makes (one log per instance)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+        LIFECYCLES.append(self.calls)
+
+    def check_budget(self, epochs, batches_per_epoch):
+        self.calls.append(("check_budget", epochs))
+
+    def on_train_start(self, epochs, batches_per_epoch):
+        self.calls.append(("on_train_start", epochs))
+
+    def on_epoch_start(self, epoch):
+        super().on_epoch_start(epoch)
+        self.calls.append(("on_epoch_start", epoch))
+
+    def epoch_metrics(self):
+        self.calls.append(("epoch_metrics", self.epoch))
+        return {}
+
+    def reset_epoch_metrics(self):
+        self.calls.append(("reset_epoch_metrics", self.epoch))
+
+
+LIFECYCLES: list[list[tuple[str, int]]] = []
+
+
+def test_the_harness_starts_training_once_and_owns_the_epoch_count(make_config):
+    """The entry point only checks the budget (pure); fit() starts training exactly once."""
+    cfg = make_config("data=digits", "train.epochs=2", "method.name=test_lifecycle", "~tuned")
+    LIFECYCLES.clear()
+    run(cfg)
+    [calls] = LIFECYCLES
+    assert calls == [
+        ("check_budget", 2),  # the entry point, before the run is created
+        ("check_budget", 2),  # fit(), which also works on its own
+        ("on_train_start", 2),
+        ("on_epoch_start", 1),
+        ("epoch_metrics", 1),
+        ("reset_epoch_metrics", 1),
+        ("on_epoch_start", 2),
+        ("epoch_metrics", 2),
+        ("reset_epoch_metrics", 2),
+    ]
 
 
 DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"

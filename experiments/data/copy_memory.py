@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from experiments.data.base import Dataset
-from experiments.losses import IGNORE_INDEX
+from methods.losses import IGNORE_INDEX
 
 
 def make_copy_sequences(

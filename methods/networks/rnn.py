@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.models import ACTIVATIONS
+from methods.networks.mlp import ACTIVATIONS
 
 
 class VanillaCell(nn.Module):

@@ -1,4 +1,4 @@
-"""The model builder shared by every method, so that all rules train the same network.
+"""The MLP shared by every method, so that all rules train the same network (``model=mlp``).
 
 The MLP exposes its layers and activation explicitly (rather than as an opaque
 ``nn.Sequential``) because layer-local rules (target propagation, feedback alignment, HSIC, ...)
