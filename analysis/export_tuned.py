@@ -6,14 +6,15 @@ After a study (``python -m experiments.train -m experiment=tune method=M search=
     python -m analysis.export_tuned --method dtp  # one method
 
 For each method x model x data, the newest study in the MLflow experiment is used (its jobs
-share a ``sweep_dir`` tag). A trial trains once per tuning seed (``train.objective_seeds``), one
-MLflow run per seed; its score is the mean of the study's objective (``train.objective``, the
-last logged value, maximised unless its name ends in ``loss``) over those seeds, and only
-trials whose every seed finished count (a diverged or killed seed fails the trial). The file
-holds the best trial's values of exactly the keys of ``conf/search/<method>.yaml``, rounded to
-4 significant digits, and a ``tuned`` block saying where they came from (logged with every run
-that uses them). ``conf/config.yaml`` applies the file automatically to every run of that
-method, model and data; ``~tuned`` on the command line opts out.
+share a parent run, one per sweep invocation). A trial trains once per tuning seed
+(``train.objective_seeds``), one MLflow run per seed; its score is the mean of the study's
+objective (``train.objective``, the last logged value, maximised unless its name ends in
+``loss``) over those seeds, and only trials whose every seed finished count (a diverged or
+killed seed fails the trial). The file holds the best trial's values of exactly the keys of
+``conf/search/<method>.yaml``, rounded to 4 significant digits, and a ``tuned`` block saying
+where they came from (logged with every run that uses them). ``conf/config.yaml`` applies the
+file automatically to every run of that method, model and data; ``~tuned`` on the command line
+opts out.
 """
 
 from __future__ import annotations
@@ -263,15 +264,15 @@ def export(
     runs = load_runs(tracking_uri, experiment)
     if method is not None and not runs.empty:
         runs = runs[runs["method"] == method]
-    runs = runs[runs["sweep_dir"].notna()] if not runs.empty else runs
+    runs = runs[runs["sweep_run"].notna()] if not runs.empty else runs
     if runs.empty:
         which = f" of method {method!r}" if method else ""
         raise ValueError(f"no tuning study{which} in MLflow experiment {experiment!r}")
     overrides_of = functools.partial(study_overrides, tracking_uri)
     written = []
     for _, triple in runs.groupby(["method", "model", "data"], sort=True):
-        newest = triple["sweep_dir"].iloc[0]  # load_runs lists the newest run first
-        study = triple[triple["sweep_dir"] == newest]
+        newest = triple["sweep_run"].iloc[0]  # load_runs lists the newest run first
+        study = triple[triple["sweep_run"] == newest]
         written.append(write_tuned(tuned_config(study, direction, overrides_of), out_dir))
     return written
 

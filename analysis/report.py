@@ -68,7 +68,7 @@ from analysis.summary import (  # noqa: E402
     status_counts,
     summarize,
 )
-from experiments.tracking import ROLE_TAG, SWEEP_DIR_TAG, make_client  # noqa: E402
+from experiments.tracking import PARENT_TAG, ROLE_TAG, SWEEP_DIR_TAG, make_client  # noqa: E402
 
 # Figures with one line or panel per configuration stay readable up to this many configurations;
 # larger studies (vanishing_depth: 108) are shown by their own figures (analysis.studies).
@@ -76,18 +76,15 @@ MAX_FIGURE_CONFIGS = 20
 LAYER = re.compile(r"^(?P<kind>alignment|grad_norm)/(?P<param>.+)\.weight$")
 
 
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("'", "\\'")
-
-
 def latest_sweep(tracking_uri: str, experiment: str) -> tuple[str | None, str | None]:
     """``(parent run id, sweep dir)`` of the newest sweep that has a finished job run.
 
-    Sweeps are taken newest first (by their parent run's start time); a newer sweep whose job
-    runs all failed, were killed or never started (a crashed sweep) is skipped, so it cannot
-    hide the last complete one. Where no sweep has a finished job run, the newest sweep (the
-    caller then reports that nothing finished). Prints the sweep taken, and any skipped, on
-    stderr.
+    A sweep is one invocation: its parent run and the job runs nested under it (two sweeps that
+    reused a folder stay apart). Sweeps are taken newest first (by their parent run's start
+    time); a newer sweep whose job runs all failed, were killed or never started (a crashed
+    sweep) is skipped, so it cannot hide the last complete one. Where no sweep has a finished
+    job run, the newest sweep (the caller then reports that nothing finished). Prints the
+    sweep taken, and any skipped, on stderr.
 
     Returns:
         ``(None, None)`` if the experiment or any sweep in it does not exist.
@@ -111,7 +108,7 @@ def latest_sweep(tracking_uri: str, experiment: str) -> tuple[str | None, str | 
             continue
         done = client.search_runs(
             [found.experiment_id],
-            f"tags.{ROLE_TAG} = 'job' and tags.{SWEEP_DIR_TAG} = '{_escape(sweep_dir)}' "
+            f"tags.{ROLE_TAG} = 'job' and tags.`{PARENT_TAG}` = '{sweep.info.run_id}' "
             "and attributes.status = 'FINISHED'",
             max_results=1,
         )
@@ -509,8 +506,8 @@ def select_runs(
     where = f"experiment {experiment!r} at {tracking_uri}"
     if all_sweeps:
         print(f"report: every sweep of {experiment!r} ({len(runs)} job runs)", file=sys.stderr)
-    elif sweep_dir is not None and "sweep_dir" in runs:
-        runs = runs[runs["sweep_dir"] == sweep_dir]
+    elif parent is not None and "sweep_run" in runs:
+        runs = runs[runs["sweep_run"] == parent]
         where = f"sweep {sweep_dir} of {where}"
     if runs.empty:
         raise ValueError(f"no job runs in {where}")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from experiments.tracking import ROLE_TAG, SWEEP_DIR_TAG, make_client
+from experiments.tracking import PARENT_TAG, ROLE_TAG, SWEEP_DIR_TAG, make_client
 
 RUN_COLUMNS = ("run_id", "status", "method", "data", "model", "seed")
 
@@ -43,7 +43,8 @@ def load_runs(tracking_uri: str, experiment_name: str, filter_string: str = "") 
     Returns:
         Columns ``run_id, status, method, data, model, seed`` (seed as int), ``tuned`` (the
         tuned-defaults file the run used, ``none``, or None for runs that predate the tag),
-        ``sweep_dir`` (the Hydra sweep the run belongs to, or None), then
+        ``sweep_dir`` (the Hydra sweep folder the run wrote to, or None), ``sweep_run`` (the
+        id of its sweep's parent run: one per sweep invocation, even in a reused folder), then
         ``param.<key>`` for every param (strings, as MLflow stores them) and ``<metric>`` for
         each metric's last value (NaN and +-Inf as logged, see :func:`from_store`).
         Empty (with those first columns) if the experiment does not exist.
@@ -68,6 +69,7 @@ def load_runs(tracking_uri: str, experiment_name: str, filter_string: str = "") 
             "seed": int(tags["seed"]) if "seed" in tags else None,
             "tuned": tags.get("tuned"),
             "sweep_dir": tags.get(SWEEP_DIR_TAG),
+            "sweep_run": tags.get(PARENT_TAG),
         }
         row.update({f"param.{k}": v for k, v in run.data.params.items()})
         row.update({key: from_store(value) for key, value in run.data.metrics.items()})

@@ -5,28 +5,42 @@ the jobs of a sequential multirun in one process can never leak into each other.
 is written to the store as soon as it is logged, so a run that fails, diverges or is
 interrupted keeps everything logged before that moment; its status says what happened
 (``FINISHED``, ``FAILED``, ``KILLED``) and the tag ``failure_reason`` says why.
+
+A SQLite store is created (or its schema migrated) under a file lock, ``<store>.lock``, so
+that jobs started at the same moment on a fresh store never race in MLflow's migrations. Its
+artifacts go next to it, ``<store folder>/mlruns/<experiment>/``, wherever a job runs from.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import signal
 import subprocess
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.interrupts import held_interrupts
+from experiments.interrupts import held_interrupts, signal_of
 
 log = logging.getLogger(__name__)
 
 SWEEP_DIR_TAG = "sweep_dir"
+SWEEP_ID_TAG = "sweep_id"
 ROLE_TAG = "role"
 FAILURE_TAG = "failure_reason"
+PARENT_TAG = "mlflow.parentRunId"
+# The id of the parent run of the sweep a job belongs to, set by the launching process.
+SWEEP_RUN_ENV = "BACKPROP_BENCH_SWEEP_RUN"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+STORE_LOCK_TIMEOUT_S = 600
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -41,24 +55,90 @@ def resolve_tracking_uri(uri: str) -> str:
     return uri
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (made absolute), or ``None`` for other stores."""
+    uri = resolve_tracking_uri(uri)
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri == prefix + ":memory:":
+        return None
+    return Path(uri[len(prefix) :].split("?", 1)[0])
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold ``<database>.lock`` (an OS file lock) for a SQLite store; no-op for other stores.
+
+    Raises:
+        TimeoutError: naming the lock file if another process holds it for
+            :data:`STORE_LOCK_TIMEOUT_S` seconds.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    from filelock import FileLock
+    from filelock import Timeout as LockTimeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{path}.lock", timeout=STORE_LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except LockTimeout:
+        raise TimeoutError(
+            f"MLflow store {path}: another process held {lock.lock_file} for "
+            f"{STORE_LOCK_TIMEOUT_S} s"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def make_client(tracking_uri: str) -> Any:
-    """Client for ``tracking_uri``, with a relative SQLite path made absolute."""
+    """Client for ``tracking_uri``, with a relative SQLite path made absolute.
+
+    MLflow creates or migrates a SQLite store when the client opens it; that happens under
+    :func:`store_lock`, so concurrent first uses of a fresh store all succeed.
+    """
     from mlflow import MlflowClient
 
     # alembic's INFO lines at store creation are noise in a training log.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    with store_lock(uri), held_interrupts():
+        return MlflowClient(tracking_uri=uri)
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: ``<store folder>/mlruns/<experiment>``.
+
+    ``None`` (MLflow's default) for stores other than SQLite. Characters other than letters,
+    digits, ``_.-`` become ``_``, and a short hash of the name is added when any did, so two
+    names never share a folder.
+    """
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return None
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
+    if folder != experiment or folder in ("", ".", ".."):
+        folder = f"{folder}-{uuid.uuid5(uuid.NAMESPACE_URL, experiment).hex[:8]}"
+    return str(path.parent / "mlruns" / folder)
 
 
 def get_or_create_experiment(client: Any, name: str) -> str:
-    """Id of the experiment called ``name``, creating it if needed (safe under concurrency)."""
+    """Id of the experiment called ``name``, creating it if needed (safe under concurrency).
+
+    A new experiment of a SQLite store keeps its artifacts at :func:`artifact_location`.
+    """
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(
+            name, artifact_location=artifact_location(client.tracking_uri, name)
+        )
     except MlflowException:
         # Another worker created it between our lookup and our create.
         experiment = client.get_experiment_by_name(name)
@@ -105,77 +185,163 @@ def _sweep_filter(sweep_dir: str) -> str:
 
 
 def find_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str | None:
-    """Id of the parent run of the sweep writing to ``sweep_dir``, or ``None``."""
+    """Id of the newest ``RUNNING`` parent run of a sweep writing to ``sweep_dir``, or ``None``.
+
+    Only a fallback (see :func:`job_sweep_run`): a sweep folder can be reused, so the folder
+    does not identify one sweep.
+    """
     runs = client.search_runs(
-        [experiment_id], filter_string=_sweep_filter(sweep_dir), max_results=1
+        [experiment_id],
+        filter_string=f"{_sweep_filter(sweep_dir)} and attributes.status = 'RUNNING'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     return runs[0].info.run_id if runs else None
 
 
-def get_or_create_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str:
-    """Id of the parent run that groups the jobs of the sweep writing to ``sweep_dir``."""
-    existing = find_sweep_run(client, experiment_id, sweep_dir)
-    if existing is not None:
-        return existing
+def create_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str:
+    """Create the parent run of one sweep invocation; returns its id.
+
+    Tagged ``role=sweep``, ``sweep_dir`` and a fresh ``sweep_id`` (uuid4): two invocations
+    writing to the same folder get two parents.
+    """
     run = client.create_run(
         experiment_id,
         run_name=f"sweep {Path(sweep_dir).name}",
-        tags={SWEEP_DIR_TAG: sweep_dir, ROLE_TAG: "sweep", **git_state()},
+        tags={
+            SWEEP_DIR_TAG: sweep_dir,
+            SWEEP_ID_TAG: uuid.uuid4().hex,
+            ROLE_TAG: "sweep",
+            **git_state(),
+        },
     )
     return run.info.run_id
 
 
-class SweepParentRun(Callback):
-    """Hydra callback that creates a sweep's parent run before any job starts, and closes it.
+def job_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str:
+    """Id of the parent run a job of the sweep writing to ``sweep_dir`` nests under.
 
-    Created in the launching process, before the launcher fans jobs out, so parallel workers
-    find one parent instead of racing to create several. Registered in ``conf/config.yaml``
-    under ``hydra.callbacks``.
+    The parent that :class:`SweepParentRun` created for this invocation, passed to the jobs in
+    the environment variable :data:`SWEEP_RUN_ENV` (inherited by joblib and submitit workers),
+    when it belongs to the job's experiment. Otherwise (no callback, or a sweep over
+    ``mlflow.experiment_name``) the newest ``RUNNING`` parent of that folder in the job's
+    experiment, created if there is none.
+    """
+    from mlflow.exceptions import MlflowException
+
+    run_id = os.environ.get(SWEEP_RUN_ENV)
+    if run_id:
+        try:
+            if client.get_run(run_id).info.experiment_id == experiment_id:
+                return run_id
+        except MlflowException:
+            pass
+    existing = find_sweep_run(client, experiment_id, sweep_dir)
+    return existing or create_sweep_run(client, experiment_id, sweep_dir)
+
+
+# The sweep this process launched (set by SweepParentRun.on_multirun_start): {uri, run_id}.
+_launched: dict[str, str] = {}
+
+
+def _close(client: Any, run_id: str, status: str, reason: str | None) -> None:
+    if reason:
+        client.set_tag(run_id, FAILURE_TAG, truncate(reason, 5000))
+    client.set_terminated(run_id, status)
+
+
+@held_interrupts()
+def close_sweep(status: str, reason: str | None = None) -> str | None:
+    """Close the parent run of the sweep this process launched, if it is still ``RUNNING``.
+
+    For any status but ``FINISHED``, its job runs still ``RUNNING`` (a joblib worker killed
+    with the sweep, a job stopped between two writes) become ``KILLED`` with the reason.
+    Tracking problems are logged, never raised.
+
+    Args:
+        status: ``FINISHED``, ``FAILED`` or ``KILLED``.
+        reason: the ``failure_reason`` tag (for ``FAILED`` / ``KILLED``).
+
+    Returns:
+        The parent's id, or ``None`` when there is no open sweep in this process.
+    """
+    if not _launched:
+        return None
+    uri, run_id = _launched["uri"], _launched["run_id"]
+    _launched.clear()
+    os.environ.pop(SWEEP_RUN_ENV, None)
+    try:
+        client = make_client(uri)
+        parent = client.get_run(run_id)
+        if status != "FINISHED":
+            jobs = client.search_runs(
+                [parent.info.experiment_id],
+                f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'RUNNING'",
+                max_results=10_000,
+            )
+            for job in jobs:
+                _close(client, job.info.run_id, "KILLED", f"the sweep stopped first: {reason}")
+        if parent.info.status == "RUNNING":
+            _close(client, run_id, status, reason)
+    except Exception as error:
+        log.warning("could not close the sweep's parent MLflow run %s: %s", run_id, error)
+    return run_id
+
+
+class SweepParentRun(Callback):
+    """Hydra callback that creates one parent run per sweep invocation, and closes it.
+
+    Created in the launching process before the launcher fans jobs out, so parallel workers
+    find one parent instead of racing to create several; its id reaches the jobs through
+    :data:`SWEEP_RUN_ENV`. The sweep's start also records the process state every job starts
+    from (:mod:`experiments.process_state`). A sweep that stops early (interrupt, error) is
+    closed by the entry point (:func:`close_sweep`). Registered in ``conf/config.yaml`` under
+    ``hydra.callbacks``.
     """
 
-    def _parent(self, config: DictConfig) -> tuple[Any, str] | None:
+    @held_interrupts()
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Create the experiment and this invocation's parent run."""
+        from experiments.process_state import capture_baseline
+
+        capture_baseline()
         try:
-            client = make_client(config.mlflow.tracking_uri)
+            uri = config.mlflow.tracking_uri
+            client = make_client(uri)
             experiment_id = get_or_create_experiment(client, config.mlflow.experiment_name)
-            sweep_dir = str(config.hydra.sweep.dir)
-            return client, get_or_create_sweep_run(client, experiment_id, sweep_dir)
+            run_id = create_sweep_run(client, experiment_id, str(config.hydra.sweep.dir))
         except Exception as error:  # a tracking problem must not stop the sweep itself
             log.warning("could not create the sweep's parent MLflow run: %s", error)
-            return None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Create the experiment and the sweep's parent run."""
-        parent = self._parent(config)
-        if parent is not None:
-            log.info(
-                "sweep parent MLflow run %s in experiment %r",
-                parent[1],
-                config.mlflow.experiment_name,
-            )
+            return
+        _launched.update(uri=uri, run_id=run_id)
+        os.environ[SWEEP_RUN_ENV] = run_id
+        log.info(
+            "sweep parent MLflow run %s in experiment %r", run_id, config.mlflow.experiment_name
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Mark the parent run FINISHED once every job has returned."""
-        parent = self._parent(config)
-        if parent is not None:
-            client, run_id = parent
-            client.set_terminated(run_id, "FINISHED")
+        close_sweep("FINISHED")
 
 
+@held_interrupts()
 def fail_sweep(cfg: DictConfig, sweep_dir: str, reason: str) -> None:
-    """Mark the parent run of the sweep in ``sweep_dir`` ``FAILED`` with a reason tag.
+    """Mark the parent run of the job's sweep ``FAILED`` with a reason tag.
 
     Called when a job stops the whole sweep (a config or data error), so that the parent does
-    not stay ``RUNNING`` forever. Tracking problems here are logged, never raised.
+    not stay ``RUNNING`` forever; works in a launcher's worker process too. Tracking problems
+    here are logged, never raised.
     """
     try:
         client = make_client(cfg.mlflow.tracking_uri)
         experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
         if experiment is None:
             return
-        run_id = find_sweep_run(client, experiment.experiment_id, sweep_dir)
-        if run_id is not None:
-            client.set_tag(run_id, FAILURE_TAG, truncate(reason, 5000))
-            client.set_terminated(run_id, "FAILED")
+        run_id = os.environ.get(SWEEP_RUN_ENV) or find_sweep_run(
+            client, experiment.experiment_id, sweep_dir
+        )
+        if run_id is not None and client.get_run(run_id).info.status == "RUNNING":
+            _close(client, run_id, "FAILED", reason)
     except Exception as error:
         log.warning("could not mark the sweep's parent run failed: %s", error)
 
@@ -186,9 +352,10 @@ class RunTracker:
     On entry it creates the run (nested under the sweep's parent in a multirun) and logs the
     flattened config as params, the resolved config and Hydra's overrides as artifacts, and the
     tags. On exit it sets the status: ``FINISHED``; ``KILLED`` for ``KeyboardInterrupt`` (Ctrl-C,
-    or SIGTERM converted by the entry point); ``FAILED`` for any other exception, with a
-    ``failure_reason`` tag. Exceptions are never swallowed. An interrupt that arrives during
-    a write to the store takes effect once the write is done, so the store stays consistent.
+    or SIGTERM converted by :mod:`experiments.interrupts`), with the signal as the reason;
+    ``FAILED`` for any other exception, with a ``failure_reason`` tag. Exceptions are never
+    swallowed. An interrupt that arrives during a write to the store takes effect once the
+    write is done, so the store stays consistent.
 
     Args:
         cfg: the composed run config (the ``hydra`` node is ignored if present).
@@ -225,9 +392,7 @@ class RunTracker:
         sweep_dir = self.hydra_info.get("sweep_dir")
         if sweep_dir:
             tags[SWEEP_DIR_TAG] = sweep_dir
-            tags["mlflow.parentRunId"] = get_or_create_sweep_run(
-                self.client, experiment_id, sweep_dir
-            )
+            tags[PARENT_TAG] = job_sweep_run(self.client, experiment_id, sweep_dir)
         if self.hydra_info.get("output_dir"):
             tags["hydra_output_dir"] = self.hydra_info["output_dir"]
         run = self.client.create_run(experiment_id, run_name=self.tags.get("run_name"), tags=tags)
@@ -299,7 +464,7 @@ class RunTracker:
         if exc is None:
             self.end("FINISHED")
         elif isinstance(exc, KeyboardInterrupt):
-            self.end("KILLED", "interrupted (KeyboardInterrupt or SIGTERM)")
+            self.end("KILLED", f"interrupted by {signal.Signals(signal_of(exc)).name}")
         else:
             self.end("FAILED", f"{type(exc).__name__}: {exc}")
         return False

@@ -6,24 +6,33 @@ train with the shared loop (:func:`experiments.loop.fit`) and track it in one ML
 With ``train.objective`` set (a tuning study, ``experiment=tune``) a job trains once per tuning
 seed (``train.objective_seeds``) and returns the objective's mean over them (:func:`objective`).
 
-Failure handling:
+Failure handling (exit statuses: :func:`cli`):
 
 * a bad config, or data that cannot be found, stops the job before any run is created, with a
-  single ``error: <key>: <why>`` line on stderr (exit status 2);
+  single ``error: <key>: <why>`` line on stderr (exit status 2); so does a misspelt key or
+  group option caught by Hydra (the line lists the valid ones);
 * a NaN/Inf loss ends the run as ``FAILED`` with a ``diverged_at_step`` metric and a
   ``failure_reason`` tag, and the job returns normally so a multirun goes on (a tuning trial
-  raises :class:`TrialDiverged`, which the Optuna sweeper records as a failed trial);
-* Ctrl-C or SIGTERM ends the run as ``KILLED``; everything logged before stays in the store.
+  raises :class:`TrialDiverged`, which the Optuna sweeper records as a failed trial; a study
+  whose every trial failed ends with one line, exit status 1);
+* Ctrl-C or SIGTERM ends the run as ``KILLED`` (everything logged before stays in the store)
+  and the process with status 130 or 143 and one line;
+* a sweep's parent run is always closed: ``FINISHED``, or ``FAILED`` / ``KILLED`` with the
+  reason; every job of a process starts from the same process state
+  (:mod:`experiments.process_state`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
 import random
+import signal
 import sys
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,9 +46,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.data import Dataset, DataUnavailableError, carve_validation
 from experiments.diagnostics import UpdateDiagnostics
-from experiments.interrupts import deliver_interrupts
+from experiments.interrupts import deliver_interrupts, exit_status, signal_of
 from experiments.loop import Diverged, fit
-from experiments.tracking import RunTracker, fail_sweep
+from experiments.process_state import restore_baseline
+from experiments.tracking import RunTracker, close_sweep, fail_sweep
 from experiments.validation import (
     ConfigError,
     check_tuned_choice,
@@ -199,6 +209,10 @@ def _hydra_info() -> dict[str, Any]:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run one training job described by a composed config.
 
+    The job starts from the process state recorded when the sweep (or the process's first
+    job) started (:func:`experiments.process_state.restore_baseline`), so that the settings of
+    an earlier job of the same process never leak into it.
+
     Returns:
         The last epoch's metrics, or ``{"diverged_at_step": step}`` for a diverged run.
 
@@ -207,6 +221,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         DataUnavailableError: missing data (before any run is created).
         KeyboardInterrupt: re-raised after the run was marked ``KILLED``.
     """
+    restore_baseline()
     if HydraConfig.initialized():
         check_tuned_choice(HydraConfig.get().runtime.choices, CONF_DIR / "tuned")
     validate_config(cfg)
@@ -234,6 +249,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "model": cfg.model.name,
         "seed": str(cfg.seed),
         "device": str(device),
+        "torch_threads": str(torch.get_num_threads()),
         # Which conf/tuned/<method>_<model>_<data>.yaml set the hyperparameters (UI filtering).
         "tuned": cfg.tuned.name if cfg.tuned else "none",
         "run_name": cfg.mlflow.run_name or f"{cfg.method.name}-{cfg.data.name}-seed{cfg.seed}",
@@ -348,10 +364,132 @@ def refuse_tuned_null(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def unknown_key_message(error: BaseException) -> str | None:
+    """One line naming the valid keys, for Hydra's "Could not override 'key'" composition error.
+
+    Hydra's own hint (``+key=value``) only leads to a second error for a misspelt key.
+
+    Returns:
+        ``"<key>: unknown key; <parent> has only: a, b, ..."``, or ``None`` for other errors.
+    """
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = error.__cause__
+    if not isinstance(error, ConfigCompositionException) or not isinstance(
+        cause, ConfigAttributeError | ConfigKeyError
+    ):
+        return None
+    parent_node = getattr(cause, "parent_node", None)
+    if not str(error).startswith("Could not override") or parent_node is None:
+        return None
+    key = str(cause.full_key)
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    valid = sorted(str(k) for k in parent_node if parent or k != "hydra")
+    where = parent or "the top level"
+    message = f"{key}: unknown key; {where} has only: {', '.join(valid)}"
+    if parent.split(".")[0] in ("method", "model", "data"):
+        message += f" (an option its config file does not set is added with +{key}=<value>)"
+    return message
+
+
+def _no_trial_completed(error: BaseException) -> bool:
+    """Whether ``error`` is the Optuna sweeper's crash on a study whose every trial failed."""
+    import traceback
+
+    modules = {
+        frame.f_globals.get("__name__", "") for frame, _ in traceback.walk_tb(error.__traceback__)
+    }
+    return (
+        isinstance(error, ValueError)
+        and "No trials are completed" in str(error)
+        and any(name.startswith("hydra_plugins.hydra_optuna_sweeper") for name in modules)
+    )
+
+
+def describe_failure(error: Exception) -> tuple[str, int, bool]:
+    """How the command line reports an error that ended it.
+
+    Returns:
+        ``(message, exit status, show traceback)``: 2 and no traceback for a bad config or
+        command line (Hydra's composition errors, with the valid keys for a misspelt one);
+        1 and no traceback for a study whose every trial failed; 1 with the traceback for
+        anything else (a bug).
+    """
+    from hydra.errors import CompactHydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if _no_trial_completed(error):
+        return (
+            "the study completed no trial: every trial failed (each trial's MLflow run says "
+            "why in its failure_reason tag)",
+            1,
+            False,
+        )
+    unknown = unknown_key_message(error)
+    if unknown is not None:
+        return unknown, 2, False
+    if isinstance(error, MissingConfigException) and error.options:
+        first = str(error).splitlines()[0].removeprefix("In 'config': ")
+        group = (error.missing_cfg_file or "").rsplit("/", 1)[0]
+        return f"{first}; {group or 'the'} options: {', '.join(error.options)}", 2, False
+    if isinstance(error, CompactHydraException):
+        message = str(error)
+        if isinstance(error.__cause__, OmegaConfBaseException):
+            message += f"\n{error.__cause__}"
+        return message, 2, False
+    return f"{type(error).__name__}: {error}", 1, True
+
+
+def _close_sweep(status: str, reason: str) -> None:
+    # A second Ctrl-C while closing leaves the runs as they are.
+    with contextlib.suppress(KeyboardInterrupt):
+        close_sweep(status, reason)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``python -m experiments.train``: run :func:`main`, and end with one line and a status.
+
+    Exit status: 0 when every job returned (diverged runs included); 2 for a bad config or
+    command line (one ``error:`` line); 130 for Ctrl-C (SIGINT) and 143 for SIGTERM (one
+    ``interrupted`` line; the runs in progress are ``KILLED``); 1 for anything else (a study
+    with no completed trial: one line; a bug: its traceback). A sweep launched here always
+    ends closed: its parent run ``FINISHED``, ``FAILED`` or ``KILLED`` with the reason
+    (:func:`experiments.tracking.close_sweep`), and no job that had not started is created.
+
+    Args:
+        argv: the command line without the program (default ``sys.argv[1:]``; Hydra reads
+            ``sys.argv`` itself).
+    """
+    refuse_tuned_null(sys.argv[1:] if argv is None else argv)
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # Hydra then raises every error here instead of printing it and exiting with status 1.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    with deliver_interrupts():
+        try:
+            main()
+        except KeyboardInterrupt as interrupt:
+            name = signal.Signals(signal_of(interrupt)).name
+            _close_sweep("KILLED", f"interrupted by {name}")
+            print(f"interrupted by {name}: runs in progress are marked KILLED", file=sys.stderr)
+            sys.exit(exit_status(interrupt))
+        except SystemExit as stop:  # a job's config or data error (already reported)
+            if stop.code not in (0, None):
+                _close_sweep("FAILED", f"a job stopped the sweep with exit status {stop.code}")
+            raise
+        except Exception as error:
+            message, status, show_traceback = describe_failure(error)
+            _close_sweep("FAILED", message)
+            if show_traceback or full_error:
+                traceback.print_exception(error)
+            else:
+                print(f"error: {message}", file=sys.stderr)
+            sys.exit(status)
+
+
 if __name__ == "__main__":
     # Run the importable copy of this module, not ``__main__``: parallel launchers (joblib,
     # submitit) pickle the task function by reference, which only works for a real module.
     from experiments import train
 
-    train.refuse_tuned_null(sys.argv[1:])
-    train.main()
+    train.cli()

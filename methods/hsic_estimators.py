@@ -30,7 +30,7 @@ def median_sigma(a: torch.Tensor) -> torch.Tensor:
     m, d = a.shape
     distances = pairwise_squared_distances(a.detach())
     off_diagonal = distances[~torch.eye(m, dtype=torch.bool, device=a.device)].sqrt()
-    median = off_diagonal.median() if off_diagonal.numel() else torch.tensor(1.0)
+    median = off_diagonal.median() if off_diagonal.numel() else a.new_tensor(1.0)
     return median.clamp_min(1e-2) / d**0.5
 
 
@@ -86,8 +86,12 @@ class Estimator(NamedTuple):
 
 
 def biased_estimator() -> Estimator:
-    """``(m - 1)^-2 tr(K H L H) = (m - 1)^-2 sum((H K H) * (H L H))`` (``H`` is idempotent)."""
-    return Estimator(centered, lambda a, b: (a * b).sum() / (a.shape[0] - 1) ** 2)
+    """``(m - 1)^-2 tr(K H L H) = (m - 1)^-2 sum((H K H) * (H L H))`` (``H`` is idempotent).
+
+    For ``m = 1`` (a last minibatch of one example) the centred kernels are zero and so is the
+    estimate: one example carries no evidence of dependence (the divisor is taken as 1).
+    """
+    return Estimator(centered, lambda a, b: (a * b).sum() / max(a.shape[0] - 1, 1) ** 2)
 
 
 def normalized_estimator(epsilon: float = 1e-5) -> Estimator:
@@ -98,10 +102,11 @@ def normalized_estimator(epsilon: float = 1e-5) -> Estimator:
 def hsic_biased(kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
     """Biased empirical HSIC ``(m - 1)^-2 tr(K H L H)`` of kernel matrices ``K = kx``, ``L = ky``.
 
-    Gretton et al. 2005, Eq. 4. Non-negative for positive semi-definite kernels; a 0-d tensor.
+    Gretton et al. 2005, Eq. 4. Non-negative for positive semi-definite kernels; a 0-d tensor,
+    0 for ``m = 1`` (:func:`biased_estimator`).
 
     Raises:
-        ValueError: if the matrices are not square of the same size, or ``m < 2``.
+        ValueError: if the matrices are not square of the same size, or empty.
     """
     _check_pair(kx, ky)
     estimator = biased_estimator()
@@ -113,10 +118,11 @@ def normalized_hsic(kx: torch.Tensor, ky: torch.Tensor, epsilon: float = 1e-5) -
 
     Ma et al. 2020 and the authors' code (``hsic_normalized_cca``): ``R`` is a regularised
     "projection" onto the centred kernel's range, so the value lies in ``[0, rank]`` (tested);
-    ``epsilon`` trades bias for numerical stability. A 0-d tensor.
+    ``epsilon`` trades bias for numerical stability. A 0-d tensor, 0 for ``m = 1`` (the
+    centred kernel of one example is zero).
 
     Raises:
-        ValueError: if the matrices are not square of the same size, ``m < 2`` or
+        ValueError: if the matrices are not square of the same size, empty, or
             ``epsilon <= 0``.
     """
     _check_pair(kx, ky)
@@ -129,8 +135,8 @@ def _check_pair(kx: torch.Tensor, ky: torch.Tensor) -> int:
         raise ValueError(
             f"need two (m, m) kernel matrices, got {tuple(kx.shape)} and {tuple(ky.shape)}"
         )
-    if kx.shape[0] < 2:
-        raise ValueError("HSIC needs at least 2 samples")
+    if kx.shape[0] < 1:
+        raise ValueError("HSIC needs at least 1 sample")
     return kx.shape[0]
 
 

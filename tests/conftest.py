@@ -10,7 +10,20 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = str(REPO_ROOT / "conf")
+# What a run leaves in its working directory; tests keep all of it in temporary folders.
+RUN_OUTPUTS = ("mlruns", "mlartifacts", "mlflow.db", "mlflow.db.lock", "outputs", "multirun")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_written_to_the_checkout():
+    """Fail the session if a test wrote a store, artifacts or Hydra outputs into the checkout."""
+    watched = {folder / name for folder in {REPO_ROOT, Path.cwd()} for name in RUN_OUTPUTS}
+    before = {path for path in watched if path.exists()}
+    yield
+    created = sorted(str(path) for path in watched if path.exists() and path not in before)
+    assert not created, f"tests wrote into the working tree: {created}"
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +36,15 @@ def _no_network_downloads(monkeypatch, tmp_path_factory):
 def tracking_uri(tmp_path_factory) -> str:
     """One SQLite store for the session (schema creation takes seconds, so it is shared)."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _store_in_a_temporary_folder(monkeypatch, tracking_uri):
+    """Code that falls back to ``MLFLOW_TRACKING_URI`` finds the session's temporary store.
+
+    Its artifacts go next to it (:func:`experiments.tracking.artifact_location`).
+    """
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
 
 
 @pytest.fixture

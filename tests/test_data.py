@@ -98,12 +98,113 @@ def test_idx_datasets_from_configured_directory(tmp_path, loader, compress):
 
 
 def test_mnist_offline_without_files_gives_one_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataUnavailableError) as info:
-        load_mnist(root=str(tmp_path / "nowhere"), download=False)
+        load_mnist(root=str(tmp_path / "empty"), download=False)
     message = str(info.value)
     assert "mnist: could not find train-images-idx3-ubyte" in message
-    assert str(tmp_path / "nowhere") in message and "data.root=" in message
+    assert f"data.root={tmp_path / 'empty'}" in message and "Fix:" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("loader", [load_mnist, load_fashion_mnist, load_cifar10])
+def test_a_data_root_that_does_not_exist_is_an_error_naming_it(tmp_path, loader):
+    with pytest.raises(DataUnavailableError) as info:
+        loader(root=str(tmp_path / "nowhere"), download=True)
+    assert str(info.value).startswith(
+        f"data.root: {tmp_path / 'nowhere'} is not an existing folder"
+    )
+
+
+def test_a_data_root_never_falls_back_to_another_copy(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BACKPROP_BENCH_DATA", str(cache))
+    write_tiny_idx(cache / "mnist")
+    assert len(load_mnist(root=None, download=False).x_train) == 12  # the cache works
+    (tmp_path / "root").mkdir()
+    with pytest.raises(DataUnavailableError, match=f"in data.root={tmp_path / 'root'}, and"):
+        load_mnist(root=str(tmp_path / "root"), download=False)
+    write_tiny_cifar(cache / "cifar10")
+    assert len(load_cifar10(root=None, download=False).x_train) == 20
+    with pytest.raises(DataUnavailableError, match=f"in data.root={tmp_path / 'root'}, and"):
+        load_cifar10(root=str(tmp_path / "root"), download=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_gzip"])
+def test_a_damaged_idx_file_names_the_file_and_the_fix(tmp_path, damage):
+    write_tiny_idx(tmp_path, compress=True)
+    path = tmp_path / f"{IDX_FILES[0]}.gz"
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2] if damage == "truncated" else b"garbage" * 10)
+    with pytest.raises(DataUnavailableError) as info:
+        load_mnist(root=str(tmp_path), download=False)
+    message = str(info.value)
+    assert message.startswith(f"mnist: {path} is corrupt or truncated (")
+    assert "Fix: delete it and run again" in message and "\n" not in message
+
+
+def gzip_bytes(array):
+    import gzip
+    import io
+    import struct
+
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as stream:
+        stream.write(header + array.astype(np.uint8).tobytes())
+    return buffer.getvalue()
+
+
+def test_downloads_are_checked_against_the_published_md5(tmp_path, monkeypatch):
+    import hashlib
+    import io
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BACKPROP_BENCH_DATA", str(cache))
+    rng = np.random.default_rng(0)
+    arrays = {
+        IDX_FILES[0]: rng.integers(0, 256, (3, 28, 28)),
+        IDX_FILES[1]: np.arange(3),
+        IDX_FILES[2]: rng.integers(0, 256, (2, 28, 28)),
+        IDX_FILES[3]: np.arange(2),
+    }
+    served = {f"{name}.gz": gzip_bytes(array) for name, array in arrays.items()}
+    urls = []
+
+    def serve(url, timeout):
+        urls.append(url)
+        return io.BytesIO(served[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr("urllib.request.urlopen", serve)
+    # What the server sends is not the published file: refused, nothing kept.
+    with pytest.raises(DataUnavailableError, match="MD5 .* is not the published f68b3c2d"):
+        load_mnist(root=None, download=True)
+    assert not list((cache / "mnist").glob("*"))
+    assert urls[0].startswith("https://")
+    # With these files' own checksums published, the download is used ...
+    published = {name: hashlib.md5(data).hexdigest() for name, data in served.items()}
+    monkeypatch.setattr("experiments.data.idx.MNIST_MD5", published)
+    assert len(load_mnist(root=None, download=True).x_train) == 3
+    # ... and a cached file that changed afterwards is refused with the fix.
+    cached = cache / "mnist" / f"{IDX_FILES[2]}.gz"
+    cached.write_bytes(cached.read_bytes()[:-5])
+    with pytest.raises(DataUnavailableError, match=f"{cached}: MD5 .*Fix: delete it"):
+        load_mnist(root=None, download=False)
+
+
+def test_fashion_mnist_downloads_over_https():
+    from experiments.data.cifar10 import URL
+    from experiments.data.idx import FASHION_MNIST_URL, MNIST_URL
+
+    assert all(url.startswith("https://") for url in (FASHION_MNIST_URL, MNIST_URL, URL))
+
+
+def test_plain_http_downloads_are_refused(tmp_path):
+    from experiments.data.files import download_file
+
+    with pytest.raises(OSError, match="unencrypted"):
+        download_file("http://example.org/a.gz", tmp_path / "a.gz")
+    assert not (tmp_path / "a.gz").exists()
 
 
 def test_fashion_mnist_error_names_debian_package(tmp_path, monkeypatch):
@@ -153,6 +254,56 @@ def test_cifar10_from_archive(tmp_path):
     with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(folder, arcname=FOLDER)
     assert len(load_cifar10(root=str(root), download=False).x_train) == 20
+
+
+class Planted:
+    """An object whose unpickling would create a file: what a malicious batch could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_cifar_batch_that_asks_to_run_code_is_refused(tmp_path):
+    folder = write_tiny_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    with open(folder / TRAIN_BATCHES[2], "wb") as stream:
+        pickle.dump({b"data": Planted(marker), b"labels": [0]}, stream)
+    with pytest.raises(DataUnavailableError) as info:
+        load_cifar10(root=str(tmp_path), download=False)
+    assert not marker.exists()
+    message = str(info.value)
+    assert message.startswith(f"cifar10: {folder / TRAIN_BATCHES[2]} is corrupt or truncated")
+    assert "refused to load " in message and ".open: a CIFAR-10 batch holds only arrays" in message
+
+
+def test_a_cached_cifar_archive_that_is_not_the_official_one_is_refused(tmp_path, monkeypatch):
+    import tarfile
+
+    monkeypatch.setenv("BACKPROP_BENCH_DATA", str(tmp_path / "cache"))
+    folder = write_tiny_cifar(tmp_path / "build")
+    (tmp_path / "cache" / "cifar10").mkdir(parents=True)
+    archive = tmp_path / "cache" / "cifar10" / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=FOLDER)
+    with pytest.raises(DataUnavailableError, match="is not the published c58f3010"):
+        load_cifar10(root=None, download=False)
+    assert not (archive.parent / FOLDER).exists()  # never unpacked
+
+
+def test_a_truncated_cifar_archive_names_the_file_and_the_fix(tmp_path):
+    import tarfile
+
+    folder = write_tiny_cifar(tmp_path / "build")
+    (tmp_path / "root").mkdir()
+    archive = tmp_path / "root" / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=FOLDER)
+    archive.write_bytes(archive.read_bytes()[:200])
+    with pytest.raises(DataUnavailableError, match=f"cifar10: {archive} is corrupt .*Fix: delete"):
+        load_cifar10(root=str(tmp_path / "root"), download=False)
 
 
 def test_cifar10_offline_error(tmp_path):

@@ -94,6 +94,15 @@ def test_normalized_estimator_lies_in_zero_rank(m, seed, sigma):
     assert -1e-9 <= value <= rank + 1e-9
 
 
+@pytest.mark.parametrize("estimator", [hsic_biased, normalized_hsic])
+def test_one_example_gives_zero_and_a_finite_gradient(estimator):
+    """A last minibatch of one example: no evidence of dependence, and nothing undefined."""
+    a = torch.randn(1, 3, dtype=torch.float64, requires_grad=True)
+    value = estimator(gaussian_kernel(a, median_sigma(a)), gaussian_kernel(a * 2, 1.0))
+    value.backward()
+    assert value.item() == 0.0 and torch.isfinite(a.grad).all()
+
+
 def test_estimators_reject_bad_shapes():
     with pytest.raises(ValueError, match="need two"):
         hsic_biased(torch.eye(3), torch.eye(4))

@@ -1,5 +1,7 @@
 """The method contract, the registry and the two backprop methods."""
 
+import math
+
 import pytest
 import torch
 
@@ -189,3 +191,27 @@ def test_the_epoch_is_the_loops():
     assert method.epoch == 1  # outside the loop: as in the first epoch
     method.on_epoch_start(3)
     assert method.epoch == 3
+
+
+FEED_FORWARD = ["backprop", "numpy_backprop", "dtp", "drl", "dni", "cdni", "altmin", "fa", "dfa"]
+
+
+@pytest.mark.parametrize(
+    "method", [*FEED_FORWARD, "hsic estimator=normalized", "hsic estimator=biased"]
+)
+def test_every_method_trains_when_the_last_batch_has_one_example(make_config, method):
+    """Digits has 1437 training examples = 2 x 718 + 1: every epoch ends on a batch of one."""
+    from experiments.train import run
+
+    name, *options = method.split()
+    final = run(
+        make_config(
+            "data=digits",
+            f"method={name}",
+            *(f"method.{option}" for option in options),
+            "train.batch_size=718",
+            "train.epochs=2",
+        )
+    )
+    assert "diverged_at_step" not in final
+    assert all(math.isfinite(value) for value in final.values())

@@ -98,7 +98,13 @@ def test_two_datasets_and_two_depths_are_four_rows_and_four_lines(make_config, t
 
 
 def test_latest_sweep_skips_a_newer_sweep_without_finished_runs(tracking_uri, capsys):
-    from experiments.tracking import ROLE_TAG, SWEEP_DIR_TAG, get_or_create_experiment, make_client
+    from experiments.tracking import (
+        PARENT_TAG,
+        ROLE_TAG,
+        SWEEP_DIR_TAG,
+        get_or_create_experiment,
+        make_client,
+    )
 
     client = make_client(tracking_uri)
     experiment = get_or_create_experiment(client, "report_sweeps")
@@ -114,6 +120,7 @@ def test_latest_sweep_skips_a_newer_sweep_without_finished_runs(tracking_uri, ca
                 tags={
                     ROLE_TAG: "job",
                     SWEEP_DIR_TAG: name,
+                    PARENT_TAG: parent.info.run_id,
                     "method": "backprop",
                     "data": "digits",
                     "seed": str(seed),

@@ -8,19 +8,37 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from experiments.data.base import Dataset, classification_dataset, standardize
-from experiments.data.files import default_cache_dir, locate_files
+from experiments.data.files import default_cache_dir, locate_files, unreadable
 
 UBYTE = 0x08
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 IDX_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# The authors' repository (their S3 mirror serves plain http only).
+FASHION_MNIST_URL = (
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"
+)
+# Published MD5 of the .gz files: MNIST as listed by torchvision's MNIST dataset, Fashion-MNIST
+# in the README of zalandoresearch/fashion-mnist.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+FASHION_MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -61,9 +79,16 @@ def load_idx_dataset(name: str, files: dict[str, Path]) -> Dataset:
     with the training set's mean and std.
 
     Raises:
+        DataUnavailableError: naming the file and the fix, if one cannot be read (truncated,
+            corrupt, not IDX).
         ValueError: if image and label counts disagree.
     """
-    arrays = {key: read_idx(path) for key, path in files.items()}
+    arrays = {}
+    for key, path in files.items():
+        try:
+            arrays[key] = read_idx(path)
+        except (ValueError, OSError, EOFError, zlib.error) as error:  # gzip errors included
+            raise unreadable(name, Path(path), error) from None
     x_train, x_test = (
         arrays[key].astype(np.float32)[:, None] / 255.0 for key in (TRAIN_IMAGES, TEST_IMAGES)
     )
@@ -79,21 +104,25 @@ def load_idx_dataset(name: str, files: dict[str, Path]) -> Dataset:
 def load_fashion_mnist(root: str | None = None, download: bool = True) -> Dataset:
     """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 60000 train / 10000 test, 28x28, 10 classes.
 
-    Looks in ``root``, then Debian's ``/usr/share/datasets/fashion-mnist`` (package
-    ``dataset-fashion-mnist``), then the download cache (:func:`default_cache_dir`), and
-    downloads into the cache when ``download`` is true.
+    Reads ``root`` only when it is set (downloading into it when ``download``); otherwise
+    Debian's ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``), then
+    the download cache (:func:`default_cache_dir`), downloading into the cache when
+    ``download`` is true. Downloads are checked against the published MD5 checksums.
 
     Raises:
-        DataUnavailableError: when no copy is found and none can be downloaded.
+        DataUnavailableError: when ``root`` is not a folder, when no copy is found and none can
+            be downloaded, or when a file is corrupt, truncated or fails its checksum.
     """
     files = locate_files(
         "fashion_mnist",
         IDX_FILES,
-        [root, DEBIAN_FASHION_MNIST, default_cache_dir() / "fashion_mnist"],
+        root,
+        [DEBIAN_FASHION_MNIST, default_cache_dir() / "fashion_mnist"],
         FASHION_MNIST_URL,
         download,
         fix_hint="`apt-get install dataset-fashion-mnist`, or copy the four IDX files into a "
         "directory and pass data.root=<that directory>.",
+        checksums=FASHION_MNIST_MD5,
     )
     return load_idx_dataset("fashion_mnist", files)
 
@@ -101,19 +130,24 @@ def load_fashion_mnist(root: str | None = None, download: bool = True) -> Datase
 def load_mnist(root: str | None = None, download: bool = True) -> Dataset:
     """MNIST (LeCun et al. 1998): 60000 train / 10000 test, 28x28, 10 classes.
 
-    Looks in ``root``, then the download cache, and downloads into the cache when ``download``.
+    Reads ``root`` only when it is set (downloading into it when ``download``); otherwise the
+    download cache, downloading into it when ``download``. Downloads are checked against the
+    published MD5 checksums.
 
     Raises:
-        DataUnavailableError: when no copy is found and none can be downloaded.
+        DataUnavailableError: when ``root`` is not a folder, when no copy is found and none can
+            be downloaded, or when a file is corrupt, truncated or fails its checksum.
     """
     files = locate_files(
         "mnist",
         IDX_FILES,
-        [root, default_cache_dir() / "mnist"],
+        root,
+        [default_cache_dir() / "mnist"],
         MNIST_URL,
         download,
         fix_hint="run once with network access, or copy the four IDX files into a directory "
         "and pass data.root=<that directory> (downloads go to $BACKPROP_BENCH_DATA/mnist, "
         "default ~/.cache/backprop-bench/mnist).",
+        checksums=MNIST_MD5,
     )
     return load_idx_dataset("mnist", files)
