@@ -60,14 +60,18 @@ def test_jobs_started_together_on_a_fresh_store_all_record_their_run(tmp_path):
 
 
 def wait_for_a_logged_epoch(process, tracking_uri, experiment, timeout=240):
+    """Wait until a job of the sweep logged an epoch; returns ``{run id: epochs logged}``."""
     client = mlflow.MlflowClient(tracking_uri)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"the sweep exited early with status {process.returncode}")
         _, jobs = by_role(finished_runs(tracking_uri, experiment))
-        if any(client.get_metric_history(r.info.run_id, "test_loss") for r in jobs):
-            return
+        logged = {
+            r.info.run_id: len(client.get_metric_history(r.info.run_id, "test_loss")) for r in jobs
+        }
+        if any(logged.values()):
+            return logged
         time.sleep(0.5)
     pytest.fail(f"no job logged an epoch within {timeout} s")
 
@@ -96,7 +100,7 @@ def test_interrupted_sweep_is_killed_with_its_parent_and_exits_128_plus_signal(
         start_new_session=True,
     )
     try:
-        wait_for_a_logged_epoch(process, tracking_uri, experiment)
+        logged = wait_for_a_logged_epoch(process, tracking_uri, experiment)
         if signum == signal.SIGINT:
             os.killpg(process.pid, signum)  # Ctrl-C reaches the whole foreground group
         else:
@@ -117,6 +121,10 @@ def test_interrupted_sweep_is_killed_with_its_parent_and_exits_128_plus_signal(
     assert 1 <= len(jobs) <= workers
     assert {r.info.status for r in jobs} == {"KILLED"}
     assert all(signum.name in r.data.tags["failure_reason"] for r in jobs)
+    # Its epochs are kept: every epoch logged before the signal is still in the store.
+    client = mlflow.MlflowClient(tracking_uri)
+    for run_id, epochs in logged.items():
+        assert len(client.get_metric_history(run_id, "test_loss")) >= epochs
 
 
 def test_a_typo_in_a_swept_method_fails_the_parent_with_the_reason(tmp_path, tracking_uri):
