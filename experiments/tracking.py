@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -297,6 +298,36 @@ def git_state() -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
 
 
+HOST_TAG = "host"
+PID_TAG = "pid"
+PID_START_TAG = "pid_start"
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22).
+
+    With the pid it identifies one process even after the pid is reused. ``None`` where
+    there is no such process or no ``/proc``.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming the process that owns a run: ``host``, ``pid``, ``pid_start``.
+
+    :mod:`experiments.reap` closes the ``RUNNING`` runs whose process is gone (kill -9).
+    """
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
+        PID_START_TAG: process_start(os.getpid()) or "unknown",
+    }
+
+
 def _sweep_filter(sweep_dir: str) -> str:
     escaped = sweep_dir.replace("'", "\\'")
     return f"tags.{SWEEP_DIR_TAG} = '{escaped}' and tags.{ROLE_TAG} = 'sweep'"
@@ -320,8 +351,9 @@ def find_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str | Non
 def create_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str:
     """Create the parent run of one sweep invocation; returns its id.
 
-    Tagged ``role=sweep``, ``sweep_dir`` and a fresh ``sweep_id`` (uuid4): two invocations
-    writing to the same folder get two parents.
+    Tagged ``role=sweep``, ``sweep_dir``, a fresh ``sweep_id`` (uuid4): two invocations
+    writing to the same folder get two parents; and the launching process
+    (:func:`process_tags`).
     """
     run = client.create_run(
         experiment_id,
@@ -331,6 +363,7 @@ def create_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str:
             SWEEP_ID_TAG: uuid.uuid4().hex,
             ROLE_TAG: "sweep",
             **git_state(),
+            **process_tags(),
         },
     )
     return run.info.run_id
@@ -471,9 +504,10 @@ class RunTracker:
 
     On entry it creates the run (nested under the sweep's parent in a multirun) and logs the
     flattened config as params, the resolved config and Hydra's overrides as artifacts, and the
-    tags. On exit it sets the status: ``FINISHED``; ``KILLED`` for ``KeyboardInterrupt`` (Ctrl-C,
-    or SIGTERM converted by :mod:`experiments.interrupts`), with the signal as the reason;
-    ``FAILED`` for any other exception, with a ``failure_reason`` tag. Exceptions are never
+    tags (with the process's :func:`process_tags`). On exit it sets the status: ``FINISHED``;
+    ``KILLED`` for ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM converted by
+    :mod:`experiments.interrupts`), with the signal as the reason; ``FAILED`` for any other
+    exception, with a ``failure_reason`` tag. Exceptions are never
     swallowed. An interrupt that arrives during a write to the store takes effect once the
     write is done, so the store stays consistent.
 
@@ -508,7 +542,7 @@ class RunTracker:
 
         self.client = make_client(self.cfg.mlflow.tracking_uri)
         experiment_id = get_or_create_experiment(self.client, self.cfg.mlflow.experiment_name)
-        tags = {ROLE_TAG: "job", **git_state(), **self.tags}
+        tags = {ROLE_TAG: "job", **git_state(), **process_tags(), **self.tags}
         sweep_dir = self.hydra_info.get("sweep_dir")
         if sweep_dir:
             tags[SWEEP_DIR_TAG] = sweep_dir
