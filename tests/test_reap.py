@@ -6,11 +6,10 @@ import subprocess
 import sys
 import time
 
-import mlflow
 import pytest
 
 from analysis import summary
-from experiments.tracking import process_tags
+from experiments.tracking import make_client, process_tags
 from tests.test_cli import REPO_ROOT, subprocess_env, train
 
 pytestmark = pytest.mark.slow
@@ -32,7 +31,8 @@ def test_a_run_killed_with_sigkill_is_reaped_and_a_live_one_left_alone(
     tmp_path, tracking_uri, capsys
 ):
     experiment = "reap"
-    client = mlflow.MlflowClient(tracking_uri)
+    client = make_client(tracking_uri)  # the store is created under its lock
+    client.search_experiments()
     process = train(
         tmp_path,
         tracking_uri,
