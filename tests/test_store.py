@@ -2,6 +2,7 @@
 
 import http.server
 import os
+import socket
 import sqlite3
 import sys
 import threading
@@ -74,6 +75,17 @@ def test_an_unreachable_server_fails_within_the_bound(monkeypatch):
     message = store_error("http://127.0.0.1:9")
     assert time.monotonic() - start < 5
     assert "no answer from http://127.0.0.1:9/health within 2 s" in message
+
+
+def test_a_server_that_never_answers_fails_within_the_bound(monkeypatch):
+    monkeypatch.setenv(STORE_WAIT_ENV, "1")
+    with socket.socket() as silent:  # accepts connections (the kernel's queue), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        start = time.monotonic()
+        message = store_error(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        assert time.monotonic() - start < 4
+    assert "within 1 s (timed out)" in message
 
 
 def test_a_server_that_answers_health_passes(monkeypatch):
