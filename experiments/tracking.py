@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -29,6 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.interrupts import held_interrupts, signal_of
+from experiments.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,15 @@ PARENT_TAG = "mlflow.parentRunId"
 SWEEP_RUN_ENV = "BACKPROP_BENCH_SWEEP_RUN"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STORE_LOCK_TIMEOUT_S = 600
+# Seconds an http(s) tracking server has to answer ``<uri>/health`` before a job starts.
+STORE_WAIT_ENV = "BACKPROP_BENCH_STORE_TIMEOUT_S"
+STORE_WAIT_DEFAULT_S = 5.0
+# Schemes MLflow can track to (its tracking store registry), besides plain paths.
+STORE_SCHEMES = frozenset(
+    {"", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks"}
+    | {"databricks-uc", "uc"}
+)
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -62,6 +73,114 @@ def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith(prefix) or uri == prefix + ":memory:":
         return None
     return Path(uri[len(prefix) :].split("?", 1)[0])
+
+
+def _store_error(uri: str, cause: str, fix: str) -> ConfigError:
+    return ConfigError(f"mlflow.tracking_uri: {uri}: {cause}; {fix}")
+
+
+def _check_folder(uri: str, folder: Path) -> None:
+    """The nearest existing ancestor of ``folder`` (created on first use) is a writable folder."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _store_error(uri, f"{existing} is a file, not a folder", "choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _store_error(
+            uri, f"folder {existing} is not writable", "choose a writable folder or fix its rights"
+        )
+
+
+def _wait_for_server(uri: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    raw = os.environ.get(STORE_WAIT_ENV, "")
+    try:
+        timeout = float(raw) if raw else STORE_WAIT_DEFAULT_S
+    except ValueError:
+        raise ConfigError(f"{STORE_WAIT_ENV}: must be a number of seconds, got {raw!r}") from None
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http(s) only)
+            response.read(64)
+    except urllib.error.HTTPError as error:
+        raise _store_error(
+            uri,
+            f"the server answered {url} with HTTP {error.code}",
+            "check that the address is an MLflow tracking server",
+        ) from None
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise _store_error(
+            uri,
+            f"no answer from {url} within {timeout:g} s ({reason})",
+            f"start the server (mlflow server ...), fix the address, or raise {STORE_WAIT_ENV}",
+        ) from None
+
+
+def check_store(uri: str) -> None:
+    """Check that the tracking store ``uri`` can be used, before any data is loaded.
+
+    Catches in a fraction of a second what MLflow would otherwise report after minutes of
+    retries and a long traceback: an unknown scheme; a SQLite path that is a folder, is not a
+    SQLite database (its 16-byte header), is read-only, or lies under a folder that is a file or
+    not writable (missing folders are created on first use); a ``file:`` store that is a file;
+    an http(s) server that does not answer ``<uri>/health`` within
+    ``$BACKPROP_BENCH_STORE_TIMEOUT_S`` seconds (default 5). Other schemes (databases,
+    Databricks) are left to MLflow. A full disk is not detected.
+
+    Raises:
+        ConfigError: one line, ``mlflow.tracking_uri: <uri>: <cause>; <fix>``.
+    """
+    from urllib.parse import urlparse
+
+    uri = resolve_tracking_uri(uri)
+    scheme = urlparse(uri).scheme.lower()
+    if len(scheme) == 1:  # a Windows drive letter: a plain path
+        scheme = ""
+    if scheme not in STORE_SCHEMES:
+        raise _store_error(
+            uri,
+            f"unknown scheme {scheme!r}",
+            "use sqlite:///<file>.db, a folder, http(s)://<server> or a database URI "
+            f"({', '.join(sorted(s for s in STORE_SCHEMES if s))})",
+        )
+    if scheme in ("http", "https"):
+        _wait_for_server(uri)
+    elif scheme == "sqlite":
+        path = sqlite_path(uri)
+        if path is None:
+            return
+        if path.is_dir():
+            raise _store_error(
+                uri,
+                "is a folder, not a database file",
+                f"name a file, e.g. sqlite:///{path}/mlflow.db",
+            )
+        _check_folder(uri, path.parent)
+        if path.exists():
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise _store_error(
+                    uri, "the database file is read-only", "make it writable or use another file"
+                )
+            with path.open("rb") as file:
+                header = file.read(len(SQLITE_HEADER))
+            if header and header != SQLITE_HEADER:
+                raise _store_error(
+                    uri,
+                    "the file is not a SQLite database",
+                    "move it away or point to another file",
+                )
+    elif scheme in ("", "file"):
+        parsed = urlparse(uri)
+        path = Path(parsed.path if scheme else uri).expanduser()
+        if path.exists() and not path.is_dir():
+            raise _store_error(
+                uri, "is a file, not a folder", "use sqlite:///<file>.db for a database file"
+            )
+        _check_folder(uri, path)
 
 
 @contextmanager
@@ -179,6 +298,36 @@ def git_state() -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
 
 
+HOST_TAG = "host"
+PID_TAG = "pid"
+PID_START_TAG = "pid_start"
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22).
+
+    With the pid it identifies one process even after the pid is reused. ``None`` where
+    there is no such process or no ``/proc``.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming the process that owns a run: ``host``, ``pid``, ``pid_start``.
+
+    :mod:`experiments.reap` closes the ``RUNNING`` runs whose process is gone (kill -9).
+    """
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
+        PID_START_TAG: process_start(os.getpid()) or "unknown",
+    }
+
+
 def _sweep_filter(sweep_dir: str) -> str:
     escaped = sweep_dir.replace("'", "\\'")
     return f"tags.{SWEEP_DIR_TAG} = '{escaped}' and tags.{ROLE_TAG} = 'sweep'"
@@ -202,8 +351,9 @@ def find_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str | Non
 def create_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str:
     """Create the parent run of one sweep invocation; returns its id.
 
-    Tagged ``role=sweep``, ``sweep_dir`` and a fresh ``sweep_id`` (uuid4): two invocations
-    writing to the same folder get two parents.
+    Tagged ``role=sweep``, ``sweep_dir``, a fresh ``sweep_id`` (uuid4): two invocations
+    writing to the same folder get two parents; and the launching process
+    (:func:`process_tags`).
     """
     run = client.create_run(
         experiment_id,
@@ -213,6 +363,7 @@ def create_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str:
             SWEEP_ID_TAG: uuid.uuid4().hex,
             ROLE_TAG: "sweep",
             **git_state(),
+            **process_tags(),
         },
     )
     return run.info.run_id
@@ -307,6 +458,7 @@ class SweepParentRun(Callback):
         capture_baseline()
         try:
             uri = config.mlflow.tracking_uri
+            check_store(uri)  # a bad store: each job then stops with one line
             client = make_client(uri)
             experiment_id = get_or_create_experiment(client, config.mlflow.experiment_name)
             run_id = create_sweep_run(client, experiment_id, str(config.hydra.sweep.dir))
@@ -333,6 +485,7 @@ def fail_sweep(cfg: DictConfig, sweep_dir: str, reason: str) -> None:
     here are logged, never raised.
     """
     try:
+        check_store(cfg.mlflow.tracking_uri)  # not minutes of retries on a bad store
         client = make_client(cfg.mlflow.tracking_uri)
         experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
         if experiment is None:
@@ -351,9 +504,10 @@ class RunTracker:
 
     On entry it creates the run (nested under the sweep's parent in a multirun) and logs the
     flattened config as params, the resolved config and Hydra's overrides as artifacts, and the
-    tags. On exit it sets the status: ``FINISHED``; ``KILLED`` for ``KeyboardInterrupt`` (Ctrl-C,
-    or SIGTERM converted by :mod:`experiments.interrupts`), with the signal as the reason;
-    ``FAILED`` for any other exception, with a ``failure_reason`` tag. Exceptions are never
+    tags (with the process's :func:`process_tags`). On exit it sets the status: ``FINISHED``;
+    ``KILLED`` for ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM converted by
+    :mod:`experiments.interrupts`), with the signal as the reason; ``FAILED`` for any other
+    exception, with a ``failure_reason`` tag. Exceptions are never
     swallowed. An interrupt that arrives during a write to the store takes effect once the
     write is done, so the store stays consistent.
 
@@ -388,7 +542,7 @@ class RunTracker:
 
         self.client = make_client(self.cfg.mlflow.tracking_uri)
         experiment_id = get_or_create_experiment(self.client, self.cfg.mlflow.experiment_name)
-        tags = {ROLE_TAG: "job", **git_state(), **self.tags}
+        tags = {ROLE_TAG: "job", **git_state(), **process_tags(), **self.tags}
         sweep_dir = self.hydra_info.get("sweep_dir")
         if sweep_dir:
             tags[SWEEP_DIR_TAG] = sweep_dir

@@ -49,7 +49,7 @@ from experiments.diagnostics import UpdateDiagnostics
 from experiments.interrupts import deliver_interrupts, exit_status, signal_of
 from experiments.loop import Diverged, fit
 from experiments.process_state import restore_baseline
-from experiments.tracking import RunTracker, close_sweep, fail_sweep
+from experiments.tracking import RunTracker, check_store, close_sweep, fail_sweep
 from experiments.validation import (
     ConfigError,
     check_tuned_choice,
@@ -217,7 +217,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         The last epoch's metrics, or ``{"diverged_at_step": step}`` for a diverged run.
 
     Raises:
-        ConfigError: invalid config (before any run is created).
+        ConfigError: invalid config, or a tracking store that cannot be used
+            (:func:`experiments.tracking.check_store`), before any data is loaded.
         DataUnavailableError: missing data (before any run is created).
         KeyboardInterrupt: re-raised after the run was marked ``KILLED``.
     """
@@ -225,6 +226,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if HydraConfig.initialized():
         check_tuned_choice(HydraConfig.get().runtime.choices, CONF_DIR / "tuned")
     validate_config(cfg)
+    check_store(cfg.mlflow.tracking_uri)
     if HydraConfig.initialized():
         note = tuned_note(cfg, HydraConfig.get().runtime.choices, CONF_DIR / "tuned")
         if note:

@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
 
+from experiments.tracking import make_client
 from tests.test_cli import finished_runs, subprocess_env, train
 
 pytestmark = pytest.mark.slow
@@ -59,15 +61,40 @@ def test_jobs_started_together_on_a_fresh_store_all_record_their_run(tmp_path):
     assert (tmp_path / "fresh" / "mlruns").is_dir() and not (tmp_path / "mlruns").exists()
 
 
+def descendants(pid):
+    """The pids of every process below ``pid`` (from ``/proc/<pid>/task/*/children``)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids = [int(k) for k in children.read_text().split()]
+        except OSError:  # the thread or process ended meanwhile
+            continue
+        for kid in kids:
+            found += [kid, *descendants(kid)]
+    return found
+
+
+def alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def wait_for_a_logged_epoch(process, tracking_uri, experiment, timeout=240):
+    """Wait until a job of the sweep logged an epoch; returns ``{run id: epochs logged}``."""
     client = mlflow.MlflowClient(tracking_uri)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"the sweep exited early with status {process.returncode}")
         _, jobs = by_role(finished_runs(tracking_uri, experiment))
-        if any(client.get_metric_history(r.info.run_id, "test_loss") for r in jobs):
-            return
+        logged = {
+            r.info.run_id: len(client.get_metric_history(r.info.run_id, "test_loss")) for r in jobs
+        }
+        if any(logged.values()):
+            return logged
         time.sleep(0.5)
     pytest.fail(f"no job logged an epoch within {timeout} s")
 
@@ -78,6 +105,9 @@ def test_interrupted_sweep_is_killed_with_its_parent_and_exits_128_plus_signal(
     tmp_path, tracking_uri, launcher, signum
 ):
     experiment = f"interrupted_{launcher}_{signum.name}"
+    # The store exists before the test polls it: a test's own search on a fresh store migrates
+    # it outside the store lock, racing the launcher that creates the sweep's parent.
+    make_client(tracking_uri).search_experiments()
     workers = 2 if launcher == "joblib" else 1
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     process = train(
@@ -96,7 +126,9 @@ def test_interrupted_sweep_is_killed_with_its_parent_and_exits_128_plus_signal(
         start_new_session=True,
     )
     try:
-        wait_for_a_logged_epoch(process, tracking_uri, experiment)
+        logged = wait_for_a_logged_epoch(process, tracking_uri, experiment)
+        children = descendants(process.pid)
+        assert children or launcher == "basic"  # joblib's workers are the launcher's children
         if signum == signal.SIGINT:
             os.killpg(process.pid, signum)  # Ctrl-C reaches the whole foreground group
         else:
@@ -104,6 +136,11 @@ def test_interrupted_sweep_is_killed_with_its_parent_and_exits_128_plus_signal(
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
+    # No worker outlives the launcher: none keeps training or starts a queued job.
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in children if alive(pid)], stderr
     assert process.returncode == 128 + signum, stderr
     assert error_lines(stderr) == [
         f"interrupted by {signum.name}: runs in progress are marked KILLED"
@@ -117,6 +154,10 @@ def test_interrupted_sweep_is_killed_with_its_parent_and_exits_128_plus_signal(
     assert 1 <= len(jobs) <= workers
     assert {r.info.status for r in jobs} == {"KILLED"}
     assert all(signum.name in r.data.tags["failure_reason"] for r in jobs)
+    # Its epochs are kept: every epoch logged before the signal is still in the store.
+    client = mlflow.MlflowClient(tracking_uri)
+    for run_id, epochs in logged.items():
+        assert len(client.get_metric_history(run_id, "test_loss")) >= epochs
 
 
 def test_a_typo_in_a_swept_method_fails_the_parent_with_the_reason(tmp_path, tracking_uri):
