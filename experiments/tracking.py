@@ -29,8 +29,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.errors import ConfigError
 from experiments.interrupts import held_interrupts, signal_of
-from experiments.validation import ConfigError
 
 log = logging.getLogger(__name__)
 

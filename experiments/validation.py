@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from experiments.errors import ConfigError
 from methods import MethodConfigError, available_methods, check_method_options
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -51,10 +52,6 @@ KNOWN_KEYS = {
     "diagnostics": {"every_steps", "probe_size"},
     "mlflow": {"tracking_uri", "experiment_name", "run_name"},
 }
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names the key."""
 
 
 def _is_int(value: Any) -> bool:
