@@ -8,7 +8,7 @@ every run; the sweep taken is printed on stderr) and writes to ``reports/<experi
 
 * ``summary.md``, ``summary.csv``: one row per configuration (:mod:`analysis.summary`: runs
   are pooled only when they differ in nothing but the seed; every varying setting gets a
-  column): final test accuracy, mean and 95% bootstrap interval over seeds, the paired
+  column): final test accuracy, mean and 95% t interval over seeds, the paired
   difference to backprop with the same setting, runs per status, the best epoch (of the
   seed-mean test accuracy) and seconds per epoch;
 * ``convergence.png``: test accuracy and train loss against epoch and against wall time, mean

@@ -49,7 +49,7 @@ def test_summary_table_means_over_seeds(make_config, tracking_uri, capsys):
 
 
 def test_summary_groups_and_first_solved_epoch(make_config, tracking_uri):
-    from analysis.summary import summarize
+    from analysis.summary import format_markdown, summarize
 
     for epochs in (1, 3):
         run(make_config("data=digits", f"train.epochs={epochs}", "seed=0"))
@@ -63,6 +63,9 @@ def test_summary_groups_and_first_solved_epoch(make_config, tracking_uri):
     rows = table.set_index("train.epochs")  # a setting that varies is a key by itself
     first = threshold[threshold.value >= target].epoch.min()
     assert rows.loc[3, "solved"] == 1 and rows.loc[3, "solved_epoch_mean"] == first
+    markdown = format_markdown(table)  # the printed table shows them too, not only the CSV
+    assert "| solved runs | first solved epoch (mean) |" in markdown
+    assert f"| 1 | {first} |" in markdown
     assert list(table["train.epochs"]) == [1, 3] and list(table["runs"]) == [1, 1]  # not pooled
     assert summarize(runs, by=["param.train.epochs"])["train.epochs"].tolist() == [1, 3]
     seconds = histories[
@@ -99,18 +102,24 @@ def fake_runs(values, **columns):
     return pd.DataFrame(rows)
 
 
-def test_bootstrap_interval_known_numbers():
-    from analysis.summary import bootstrap_ci
+def test_mean_interval_is_students_t_by_hand():
+    from analysis.summary import mean_ci
 
-    assert bootstrap_ci([0.7] * 5)[:2] == (0.7, 0.7)  # every resample has the same mean
-    assert all(math.isnan(bound) for bound in bootstrap_ci([0.7])[:2])  # one seed: no interval
-    assert all(math.isnan(bound) for bound in bootstrap_ci([0.7, math.nan])[:2])
+    assert mean_ci([0.7] * 5)[:2] == (0.7, 0.7)  # no spread: nothing to be unsure about
+    assert all(math.isnan(bound) for bound in mean_ci([0.7])[:2])  # one seed: no interval
+    assert all(math.isnan(bound) for bound in mean_ci([0.7, math.nan])[:2])
+    # 5 seeds: mean 0.644, s = sqrt(0.00492 / 4), t(0.975, 4) = 2.776445
     values = [0.61, 0.65, 0.64, 0.70, 0.62]
-    low, high, method = bootstrap_ci(values)
-    assert method == "BCa" and min(values) < low < sum(values) / 5 < high < max(values)
-    assert bootstrap_ci(values) == (low, high, method)  # fixed generator: reproducible
-    low2, high2, _ = bootstrap_ci([0.5, 0.6])  # two seeds: about their range
-    assert 0.5 <= low2 < high2 <= 0.6
+    low, high, method = mean_ci(values)
+    half = 2.7764451 * math.sqrt(0.00492 / 4) / math.sqrt(5)
+    assert method == "t"
+    assert low == pytest.approx(0.644 - half, abs=1e-7)
+    assert high == pytest.approx(0.644 + half, abs=1e-7)
+    # 2 seeds: t(0.975, 1) = 12.706, far wider than their range (a bootstrap would give the range)
+    low2, high2, _ = mean_ci([0.5, 0.6])
+    assert low2 == pytest.approx(0.55 - 12.7062047 * 0.05, abs=1e-6) and high2 > 1.0
+    with pytest.raises(ValueError, match="confidence"):
+        mean_ci(values, confidence=1.0)
 
 
 def test_paired_difference_to_backprop_by_seed():
@@ -197,7 +206,7 @@ def test_failed_killed_and_nonfinite_runs_are_counted_not_averaged():
     assert row["seeds"] == 2 and row["test_accuracy_nonfinite"] == 1
     assert row["test_accuracy_mean"] == pytest.approx(0.85)
     text = format_markdown(table)
-    assert "| non-finite |" in text and "85.0 [80.0, 90.0]" in text
+    assert "| non-finite |" in text and "85.0 [21.5, 100.0]" in text  # t(0.975, 1) = 12.7, clipped
 
 
 def test_summary_when_every_run_failed(make_config, tracking_uri, capsys):
