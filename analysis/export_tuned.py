@@ -35,7 +35,6 @@ from analysis.runs import load_runs
 from experiments.tracking import make_client
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-SIGNIFICANT_DIGITS = 4
 # Overrides of a trial that say nothing about the study's setting: where it was tracked, the
 # study itself, and the values Optuna sampled.
 NOT_SETTINGS = ("mlflow.", "hydra.", "experiment=", "search=", "method=")
@@ -53,19 +52,22 @@ def search_space_keys(method: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return list(yaml.safe_load(path.read_text()) or {})
 
 
+def protocol_trials(conf_dir: Path = CONF_DIR) -> int | None:
+    """The number of trials the tuning protocol gives every method (``conf/experiment/tune.yaml``).
+
+    Returns:
+        ``hydra.sweeper.n_trials`` of the preset, or None if it does not set one.
+    """
+    preset = yaml.safe_load((conf_dir / "experiment" / "tune.yaml").read_text()) or {}
+    return ((preset.get("hydra") or {}).get("sweeper") or {}).get("n_trials")
+
+
 def parse_param(text: str) -> Any:
     """An MLflow param string back to the Python value it was logged from (``'1e-05'`` -> 1e-05)."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
-
-
-def round_significant(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
-    """Floats to ``digits`` significant digits (readable configs); anything else unchanged."""
-    if isinstance(value, float):
-        return float(f"{value:.{digits}g}")
-    return value
 
 
 def trial_scores(study: pd.DataFrame, objective: str, searched: list[str]) -> pd.DataFrame:
@@ -201,7 +203,9 @@ def tuned_config(
         column = f"param.{key}"
         if column not in trial or pd.isna(trial[column]):
             raise ValueError(f"the best trial ({trial['run_id']}) did not log {key}")
-        values[key] = round_significant(parse_param(trial[column]))
+        # Exact, not rounded: rounded values are a different configuration, and the study's
+        # best value would no longer be what they give.
+        values[key] = parse_param(trial[column])
     seeds = trial.get("param.train.objective_seeds")
     provenance = {
         "name": f"{method}_{model}_{data}",
@@ -214,7 +218,7 @@ def tuned_config(
         "seeds": parse_param(seeds) if isinstance(seeds, str) else [int(trial["seed"])],
         "objective": objective,
         "direction": direction,
-        "best_value": round_significant(score),
+        "best_value": score,
         "trials": trials,
         "study": trial["sweep_dir"],
         "best_run_id": trial["run_id"],
@@ -228,12 +232,18 @@ def write_tuned(config: dict[str, Any], out_dir: Path) -> Path:
     method, model, data = info["method"], info["model"], info["data"]
     setting = [*info["overrides"], f"hydra.sweeper.n_trials={info['trials']}"]
     seeds = ", ".join(map(str, info["seeds"]))
+    protocol = protocol_trials()
+    budget = (
+        "the protocol's budget for every method, conf/experiment/tune.yaml"
+        if info["trials"] == protocol
+        else f"NOT the protocol's {protocol} of conf/experiment/tune.yaml: compare with care"
+    )
     header = (
         "# @package _global_\n"
         f"# Tuned defaults of method={method} on model={model} and data={data}, applied\n"
         "# automatically to every run of that triple (`~tuned` opts out; other datasets get\n"
-        f"# the method's own defaults). Protocol: the best of {info['trials']} Optuna trials (the\n"
-        "# same number for every method of the comparison), each scored by the mean\n"
+        f"# the method's own defaults). Protocol: the best of {info['trials']} Optuna trials\n"
+        f"# ({budget}), each scored by the mean\n"
         f"# {info['objective']} after {info['epochs']} epoch{'s' * (info['epochs'] != 1)} over "
         f"the tuning seeds {seeds}\n"
         f"# (never evaluation seeds), on a {info['val_fraction']:.0%} validation split of the "

@@ -451,7 +451,7 @@ def depth_study(histories: pd.DataFrame, runs: pd.DataFrame, out: Path) -> list[
     (out / "depth_ratios.md").write_text(
         "# First-layer over output-layer backprop gradient norm at the first probe\n\n"
         "||dL/dW_1|| / ||dL/dW_out||: far below 1 is a vanishing gradient.\n\n"
-        + wide.to_markdown(floatfmt=".1e")
+        + wide.reset_index().to_markdown(index=False, floatfmt=".1e")
         + "\n"
     )
     return [*written, out / "depth_ratios.csv", out / "depth_ratios.md"]

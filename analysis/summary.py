@@ -195,9 +195,9 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval
     ``mean +- t_{(1+confidence)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard
     deviation (Student 1908; e.g. Wasserman, *All of Statistics*, Sec. 6.3). It is exact when
     the per-seed values are normal and, unlike a bootstrap interval, it widens with few seeds as
-    it should: from 5 seeds the half-width is 2.78 s / sqrt(5), where a bootstrap
-    (whose standard error is the plug-in sqrt(4/5) s / sqrt(5)) gives about 1.75 s / sqrt(5) and claims differences the
-    data do not support. Non-finite values are dropped first.
+    it should: from 5 seeds the half-width is 2.78 s / sqrt(5), where a bootstrap (whose
+    standard error is the plug-in sqrt(4/5) s / sqrt(5)) gives about 1.75 s / sqrt(5) and
+    claims differences the data do not support. Non-finite values are dropped first.
 
     Args:
         values: the metric of each seed, any order.

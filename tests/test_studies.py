@@ -32,6 +32,8 @@ def test_deep_sigmoid_gradients_vanish_and_relu_stays_flatter(make_config, tmp_p
     assert ratio["sigmoid", 8] < 1e-4  # orders of magnitude below the output layer
     assert ratio["sigmoid", 8] < 1e-3 * ratio["sigmoid", 2]  # and it is the depth that does it
     assert ratio["relu", 8] > 100 * ratio["sigmoid", 8]  # relu much flatter
+    table = (tmp_path / "depth_ratios.md").read_text()
+    assert "| activation   |   depth |" in table and "| sigmoid      |       8 |" in table
 
 
 def profile_rows():

@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 from analysis.export_tuned import (
     best_trial,
     parse_param,
-    round_significant,
     search_space_keys,
     tuned_config,
     write_tuned,
@@ -70,7 +69,8 @@ def test_tuned_file_holds_its_search_space_within_bounds(path):
     assert set(values) == set(space)
     for key, value in values.items():
         low, high = map(float, INTERVAL.search(space[key]).groups())
-        # 4 significant digits may round just past a bound
+        # files exported before values were kept exact hold 4 significant digits, which may
+        # round just past a bound
         assert low * (1 - 1e-3) <= value <= high * (1 + 1e-3), key
 
 
@@ -188,15 +188,16 @@ def test_best_trial_needs_a_trial_finished_on_every_seed():
         best_trial(study(objective="None", val_accuracy=[0.5] * 6))
 
 
-def test_params_round_trip_and_round_to_four_digits():
+def test_params_round_trip_exactly():
     assert parse_param("1e-05") == 1e-05 and parse_param("[256, 256]") == [256, 256]
+    assert parse_param("0.0012345678") == 0.0012345678  # not rounded: the trial's own value
     assert parse_param("torch.optim.Adam") == "torch.optim.Adam"
-    assert round_significant(0.0012345678) == 0.001235 and round_significant(3) == 3
 
 
 def test_exported_file_composes_back_to_the_best_trial(tmp_path):
     config = tuned_config(study(val_accuracy=[0.8, 0.7, 0.6, 0.7, 0.9, 0.9]))
-    assert config["method"] == {"optimizer": {"lr": 0.001235}}
+    # The best trial's exact value: a rounded one would be another configuration.
+    assert config["method"] == {"optimizer": {"lr": 0.0012345678}}
     info = config["tuned"]
     assert (info["name"], info["best_value"], info["trials"], info["best_run_id"]) == (
         "dfa_mlp_digits",
@@ -209,6 +210,8 @@ def test_exported_file_composes_back_to_the_best_trial(tmp_path):
     assert path.name == "dfa_mlp_digits.yaml"
     text = path.read_text()
     assert text.startswith("# @package _global_\n")
+    # 3 trials is not the protocol's 16 (conf/experiment/tune.yaml): the header must say so
+    assert "best of 3 Optuna trials\n# (NOT the protocol's 16" in text
     assert yaml.safe_load(text) == config
     assert search_space_keys("dfa") == ["method.optimizer.lr"]
 
