@@ -126,10 +126,16 @@ class TruncatedBPTT(BPTT):
     """Truncated BPTT: one update per segment of ``truncation`` steps (Sutskever 2013, 2.6).
 
     The hidden state is carried across segments and detached at each border. A segment without
-    a scored target makes no update (:meth:`segment_loss`). The updates
-    of all segments but the last are applied inside :meth:`compute_update`; the last segment's
-    gradient is left in ``.grad`` for :meth:`apply_update`, so with ``truncation >= T`` this is
-    exactly :class:`BPTT`.
+    a scored target makes no update (:meth:`segment_loss`). Training (:meth:`step`) applies one
+    optimiser step per segment with a loss, so the weights change *within* a batch; that is why
+    this class overrides :meth:`Method.step` rather than relying on
+    :meth:`compute_update` + :meth:`apply_update`, whose contract is that the model's weights do
+    not change until :meth:`apply_update`. :meth:`compute_update` (what diagnostics inspect, on a
+    copy) writes the *truncated gradient* instead: the sum over segments of each segment's
+    (clipped) gradient at the current weights, states detached at the borders. It is the first
+    order of the batch's total update (exact for plain SGD as the learning rate goes to 0), and
+    its angle to the full BPTT gradient measures what truncation discards. With
+    ``truncation >= T`` both are exactly :class:`BPTT`.
 
     Departure, with the reason: only Sutskever's TBPTT(k1, k2) with ``k1 = k2`` (disjoint
     segments, no overlapping backward windows): one truncation length, the same segments as
@@ -171,25 +177,60 @@ class TruncatedBPTT(BPTT):
         return self.loss(outputs, y) if stop == length else None
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Run the segments; see the class docstring for which updates are applied where."""
+        """Write the truncated gradient (class docstring) into ``.grad``; weights unchanged.
+
+        Args:
+            x: ``(batch, T, features)`` or what :meth:`RecurrentNetwork.as_sequence` accepts.
+            y: ``(batch,)`` / ``(batch, outputs)``, or ``(batch, T, ...)`` with ``readout=every``.
+        """
+        return self.run_segments(x, y, step_each=False)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Train on a batch: one optimiser step after each segment that has a loss."""
+        self.model.train()
+        return self.run_segments(x, y, step_each=True)
+
+    def end_segment(self, step_each: bool, total: list[torch.Tensor | None]) -> None:
+        """A segment's (clipped) gradient is in ``.grad``: apply it now, or add it to ``total``.
+
+        Args:
+            step_each: train (:meth:`step`) or only write the direction (:meth:`compute_update`).
+            total: running sum per model parameter, updated in place (``None``: no gradient yet).
+        """
+        if step_each:
+            self.optimizer.step()
+            return
+        for index, param in enumerate(self.model.parameters()):
+            if param.grad is not None:
+                total[index] = param.grad if total[index] is None else total[index] + param.grad
+
+    def write_total(self, step_each: bool, total: list[torch.Tensor | None]) -> None:
+        """After the last segment: leave the summed direction in ``.grad`` (direction only)."""
+        if step_each:
+            self.zero_grad()  # every segment was applied; nothing is left for apply_update
+            return
+        for param, grad in zip(self.model.parameters(), total):
+            param.grad = grad
+
+    def run_segments(self, x: torch.Tensor, y: torch.Tensor, step_each: bool) -> dict[str, float]:
+        """Forward and backward over the segments; see :meth:`step` and :meth:`compute_update`."""
         self.keep_probe(x, y)
         x = self.model.as_sequence(x)
         length = x.shape[1]
-        state, norms, pending = None, [], False
-        outputs_seen = []
+        state, norms, outputs_seen = None, [], []
+        total: list[torch.Tensor | None] = [None] * len(list(self.model.parameters()))
         for start in range(0, length, self.truncation):
             stop = min(start + self.truncation, length)
-            if pending:  # the previous segment's update, now that another one follows
-                self.optimizer.step()
             self.zero_grad()
             outputs, _, state = self.model.run(x[:, start:stop], state)
             loss = self.segment_loss(outputs, y, start, stop, length)
-            pending = loss is not None
-            if pending:
+            if loss is not None:
                 loss.backward()
                 norms.append(self.clip())
+                self.end_segment(step_each, total)
             outputs_seen.append(outputs.detach())
             state = detach_state(state)
+        self.write_total(step_each, total)
         return self.segment_metrics(outputs_seen, y, norms)
 
     def segment_metrics(

@@ -93,19 +93,21 @@ class RecurrentDNI(TruncatedBPTT):
         """The network's optimiser and the synthetic-gradient modules' optimiser."""
         return [*super().optimizers(), self.synthetic_optimizer]
 
-    def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Run the segments with synthetic future gradients, then train ``M`` on the borders."""
+    def run_segments(self, x: torch.Tensor, y: torch.Tensor, step_each: bool) -> dict[str, float]:
+        """Run the segments with synthetic future gradients, then train ``M`` on the borders.
+
+        As in :class:`~methods.bptt.TruncatedBPTT`: one optimiser step per segment with an update
+        when training (``step_each``), the sum of the segments' updates otherwise.
+        """
         self.keep_probe(x, y)
         x = self.model.as_sequence(x)
         length = x.shape[1]
         params = list(self.model.parameters())
         state = self.model.initial_state(len(x), x)
         borders, deltas, outputs_seen, norms = [], [], [], []
-        pending = False
+        total: list[torch.Tensor | None] = [None] * len(params)
         for start in range(0, length, self.truncation):
             stop = min(start + self.truncation, length)
-            if pending:
-                self.optimizer.step()
             self.zero_grad()
             h_start = state[0].detach().requires_grad_(start > 0)
             outputs, _, state = self.model.run(x[:, start:stop], [h_start])
@@ -125,11 +127,12 @@ class RecurrentDNI(TruncatedBPTT):
                 # A segment with no loss and a zero-scaled synthetic gradient makes no update.
                 no_update = r is None and (g is None or self.synthetic_scale == 0)
                 param.grad = None if no_update else _add(r, g, self.synthetic_scale, like=param)
-            pending = any(param.grad is not None for param in params)
-            if pending:
+            if any(param.grad is not None for param in params):
                 norms.append(self.clip())
+                self.end_segment(step_each, total)
             outputs_seen.append(outputs.detach())
             state = [h_end.detach()]
+        self.write_total(step_each, total)
         self._train_synthetic(borders, deltas)
         return self.segment_metrics(outputs_seen, y, norms)
 

@@ -76,6 +76,60 @@ def test_tbptt_updates_once_per_segment_with_a_loss():
     assert all(torch.equal(p, w) for p, w in zip(last.parameters(), weights))
 
 
+@pytest.mark.parametrize("name", ["tbptt", "dni_rnn"])
+def test_segmented_methods_keep_the_update_contract(name):
+    """compute_update leaves the weights alone and writes the sum of the segments' gradients at
+    the current weights (the truncated gradient); step applies one SGD step per segment."""
+    torch.manual_seed(4)
+    model = RecurrentNetwork(2, 3, hidden_size=4, readout="every").double()
+    options = {"optimizer": SGD, "truncation": 4}
+    if name == "dni_rnn":  # a zero synthetic gradient: the segments are plain truncated BPTT
+        options.update(synthetic_optimizer=SGD, synthetic_scale=0.0)
+    method = build_method(name, model, CrossEntropy(), options)
+    x, y = torch.randn(3, 10, 2, dtype=torch.float64), torch.randint(0, 3, (3, 10))
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def segment_grads(weights):
+        """Each segment's gradient at ``weights``, states detached at the borders (by hand)."""
+        with torch.no_grad():
+            for p, w in zip(model.parameters(), weights):
+                p.copy_(w)
+        grads, state = [], None
+        for start in (0, 4, 8):
+            outputs, _, state = model.run(x[:, start : start + 4], state)
+            loss = CrossEntropy()(outputs, y[:, start : start + 4])
+            grads.append(torch.autograd.grad(loss, list(model.parameters())))
+            state = [h.detach() for h in state]
+        return grads
+
+    method.compute_update(x, y)
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), before))
+    written = [p.grad.clone() for p in model.parameters()]
+    expected = [sum(parts) for parts in zip(*segment_grads(before))]
+    for got, want in zip(written, expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+    # step: segment k runs (from the state segment k-1 left) and is differentiated at the
+    # weights after segments 1..k-1's SGD steps
+    reference = RecurrentNetwork(2, 3, hidden_size=4, readout="every").double()
+    reference.load_state_dict(dict(zip(dict(model.named_parameters()), before)))
+    state = None
+    for start in (0, 4, 8):
+        outputs, _, state = reference.run(x[:, start : start + 4], state)
+        loss = CrossEntropy()(outputs, y[:, start : start + 4])
+        grads = torch.autograd.grad(loss, list(reference.parameters()))
+        with torch.no_grad():
+            for p, g in zip(reference.parameters(), grads):
+                p -= SGD["lr"] * g
+        state = [h.detach() for h in state]
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), before):
+            p.copy_(w)
+    assert method.step(x, y)["updates"] == 3.0
+    for p, w in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.detach(), w.detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_clipping_reports_the_norm_before_clipping():
     torch.manual_seed(3)
     model = RecurrentNetwork(2, 1, hidden_size=8)
