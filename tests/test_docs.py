@@ -114,14 +114,21 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
 def relative_links(page: Path) -> list[str]:
-    """The relative link targets of a Markdown page, outside code blocks, without anchors."""
+    """The relative link targets of a Markdown page, outside code blocks (anchors kept)."""
     text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
-    targets = []
-    for target in LINK.findall(text):
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
-            continue  # a URL (http:, mailto:) or an anchor on the same page
-        targets.append(target.split("#", 1)[0])
-    return targets
+    return [
+        target
+        for target in LINK.findall(text)
+        # a URL (http:, mailto:) or an anchor on the same page
+        if not (re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"))
+    ]
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    headings = re.findall(r"^#{1,6} +(.+?) *$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
 
 
 def test_the_link_finder_skips_urls_anchors_and_code(tmp_path):
@@ -131,19 +138,33 @@ def test_the_link_finder_skips_urls_anchors_and_code(tmp_path):
     )
     page = tmp_path / "page.md"
     page.write_text(page_text)
-    assert relative_links(page) == ["docs/x.md", "img/f.png"]
+    assert relative_links(page) == ["docs/x.md#part", "img/f.png"]
+
+
+def test_anchors_follow_github(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Title\n## `numpy_backprop`: the NumPy reference\n### A job killed with kill -9\n"
+    )
+    assert anchors(page) == {
+        "title",
+        "numpy_backprop-the-numpy-reference",
+        "a-job-killed-with-kill--9",
+    }
 
 
 @pytest.mark.parametrize("page", docs.pages(ROOT), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_points_to_an_existing_file(page):
     missing = []
     for target in relative_links(page):
-        path = (page.parent / target).resolve()
-        if path.exists():
-            continue
+        name, _, anchor = target.partition("#")
+        path = (page.parent / name).resolve()
         if path.is_relative_to(ROOT) and str(path.relative_to(ROOT)) in ALLOWED_MISSING:
             continue
-        missing.append(target)
+        if not path.exists():
+            missing.append(target)
+        elif anchor and path.suffix == ".md" and anchor not in anchors(path):
+            missing.append(target)  # the file exists, the heading does not
     assert missing == []
 
 
