@@ -32,11 +32,14 @@ reproduce: install ## The main job: comparison, vanishing gradients over depth, 
 		$(BIN)/python -m analysis.report $$study || exit $$?; \
 	done
 
-snapshot: ## Copy the reports of `make reproduce` into docs/ (the figures and tables the README shows)
+# Then the tables between <!-- generated: FILE --> markers in README.md and docs/ are pasted
+# from those files (python -m analysis.docs; tests/test_docs.py fails on a hand-edited table).
+snapshot: install ## Copy the reports of `make reproduce` into docs/ and refresh the tables the docs show
 	@for study in $(STUDIES); do \
 		test -d reports/$$study || { echo "no reports/$$study: run make reproduce first" >&2; exit 2; }; \
 		mkdir -p docs/$$study && cp reports/$$study/*.md reports/$$study/*.csv reports/$$study/*.png docs/$$study/; \
 	done
+	$(BIN)/python -m analysis.docs
 
 train: install ## One training job (ARGS="method=dtp data=digits ..." adds Hydra overrides)
 	$(BIN)/python -m experiments.train $(ARGS)
