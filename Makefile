@@ -9,7 +9,7 @@ ARGS ?=
 METHOD ?=
 PYTEST_ARGS ?=
 
-.PHONY: install reproduce snapshot train tune tune-compare test lint format data ui clean
+.PHONY: install reproduce snapshot train tune tune-compare bench test lint format data ui clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ tune-compare: install ## Re-tune every compared method on MNIST-1D (equal budget
 		$(BIN)/python -m experiments.train -m experiment=tune method=$$method search=$$method $(ARGS) || exit $$?; \
 	done
 	$(BIN)/python -m analysis.export_tuned
+
+bench: install ## Cost ratios: harness vs bare loop, each method vs backprop (ARGS="--quick", "--only a,b")
+	$(BIN)/python -m experiments.bench $(ARGS)
 
 test: install ## The whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

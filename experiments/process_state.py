@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 
 def _set_deterministic(value: tuple[bool, bool]) -> None:
@@ -36,9 +37,26 @@ def _setting(module: Any, name: str) -> tuple[Callable[[], Any], Callable[[Any],
     return (lambda: getattr(module, name)), (lambda value: setattr(module, name, value))
 
 
+def blas_threads() -> int | None:
+    """Threads of NumPy's BLAS (the most over its BLAS libraries), ``None`` without one loaded.
+
+    ``torch.set_num_threads`` does not reach it: without a limit of its own, NumPy work
+    (``method=numpy_backprop``) uses every core whatever ``cpu_threads`` says.
+    """
+    counts = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    return max(counts) if counts else None
+
+
+def set_blas_threads(threads: int | None) -> None:
+    """Limit NumPy's BLAS to ``threads`` threads (``threadpoolctl``); ``None`` does nothing."""
+    if threads is not None:
+        threadpool_limits(limits=threads, user_api="blas")
+
+
 # name -> (read, write). Reads return plain values that compare with ``==``.
 SETTINGS: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {
     "num_threads": (torch.get_num_threads, torch.set_num_threads),
+    "blas_threads": (blas_threads, set_blas_threads),
     "deterministic_algorithms": (
         lambda: (
             torch.are_deterministic_algorithms_enabled(),

@@ -48,7 +48,7 @@ from experiments.data import Dataset, DataUnavailableError, carve_validation
 from experiments.diagnostics import UpdateDiagnostics
 from experiments.interrupts import deliver_interrupts, exit_status, signal_of
 from experiments.loop import Diverged, fit
-from experiments.process_state import restore_baseline
+from experiments.process_state import restore_baseline, set_blas_threads
 from experiments.tracking import RunTracker, check_store, close_sweep, fail_sweep
 from experiments.validation import (
     ConfigError,
@@ -234,6 +234,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     device = resolve_device(cfg.device)
     if cfg.cpu_threads is not None:
         torch.set_num_threads(cfg.cpu_threads)
+        set_blas_threads(cfg.cpu_threads)  # NumPy's BLAS (numpy_backprop) ignores torch's
     generator = seed_everything(cfg.seed, cfg.deterministic)
     data = load_data(cfg).to(device)
     torch.manual_seed(cfg.seed)  # model init must not depend on how the loader used the RNG

@@ -129,7 +129,9 @@ class DecoupledNeuralInterfaces(Method):
     def synthetic_gradient(self, i: int, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``M_i(h_i[, y])`` for hidden layer ``i`` (1-based), ``(batch, width_i)``.
 
-        The prediction the base network is updated with (tests replace it with an oracle).
+        The prediction the base network is updated with (tests replace it with an oracle). Called
+        with gradients enabled in :meth:`compute_update`, so that the same output also trains
+        ``M_i`` (:meth:`train_synthetic`).
         """
         return self.synthetic_modules[i - 1](h, self.context(y, h))
 
@@ -145,13 +147,14 @@ class DecoupledNeuralInterfaces(Method):
         hidden_count = len(layers) - 1
         inputs = [x.flatten(1)]  # inputs[i - 1] is the detached input of block i
         below: list[torch.Tensor] = []  # (dh_i/dh_{i-1})^T M_i(h_i), the target for M_{i-1}
+        predictions = []  # M_i(h_i) with its graph, reused to train M_i (one forward, not two)
         for i in range(1, hidden_count + 1):
             h_in = inputs[-1].detach().requires_grad_(i > 1)
             h = self.model.activation(layers[i - 1](h_in))
-            with torch.no_grad():
-                g = self.synthetic_gradient(i, h.detach(), y)
+            prediction = self.synthetic_gradient(i, h.detach(), y)
+            predictions.append(prediction)
             wrt = [layers[i - 1].weight, layers[i - 1].bias] + ([h_in] if i > 1 else [])
-            grads = torch.autograd.grad(h, wrt, grad_outputs=g)
+            grads = torch.autograd.grad(h, wrt, grad_outputs=prediction.detach())
             layers[i - 1].weight.grad, layers[i - 1].bias.grad = grads[0], grads[1]
             if i > 1:
                 below.append(grads[2])
@@ -163,16 +166,38 @@ class DecoupledNeuralInterfaces(Method):
         )
         layers[-1].weight.grad, layers[-1].bias.grad = grad_w, grad_b
         targets = [*below, true_top]  # target of M_i: from block i + 1, or the true gradient
-        self.train_synthetic(inputs[1:], targets, y)
+        self.train_synthetic(inputs[1:], targets, y, predictions)
         return self.loss.metrics(output.detach(), y)
 
     def train_synthetic(
-        self, hidden: list[torch.Tensor], targets: list[torch.Tensor], y: torch.Tensor
+        self,
+        hidden: list[torch.Tensor],
+        targets: list[torch.Tensor],
+        y: torch.Tensor,
+        predictions: Sequence[torch.Tensor | None] | None = None,
     ) -> list[float]:
-        """One step of every ``M_i`` towards its (detached) target; returns the MSE losses."""
+        """One step of every ``M_i`` towards its (detached) target; returns the MSE losses.
+
+        Args:
+            hidden: ``h_i`` ``(batch, width_i)`` for i = 1..H.
+            targets: the regression target of each ``M_i``, same shapes.
+            y: labels (cDNI's context).
+            predictions: ``M_i(h_i)`` already computed with its graph at the current module
+                parameters (then not recomputed: the same values, one forward pass less); an
+                entry without a graph (e.g. a test's oracle) or ``None`` is recomputed.
+        """
+        if predictions is None:
+            predictions = [None] * len(hidden)
         losses = [
-            F.mse_loss(module(h.detach(), self.context(y, h)), target.detach())
-            for module, h, target in zip(self.synthetic_modules, hidden, targets)
+            F.mse_loss(
+                prediction
+                if prediction is not None and prediction.requires_grad
+                else module(h.detach(), self.context(y, h)),
+                target.detach(),
+            )
+            for module, h, target, prediction in zip(
+                self.synthetic_modules, hidden, targets, predictions
+            )
         ]
         params = list(self.synthetic_modules.parameters())
         for param, grad in zip(params, torch.autograd.grad(sum(losses), params)):

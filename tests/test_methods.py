@@ -112,6 +112,16 @@ def test_forward_is_eval_mode_without_grad():
     assert out.shape == (8, 3) and not out.requires_grad and not model.training
 
 
+def test_step_after_evaluation_trains_in_training_mode():
+    """``step`` skips ``train()`` when the model is in training mode already, never after eval."""
+    model, x, y = tiny_problem()
+    method = build_method("backprop", model, CrossEntropy(), {"optimizer": SGD})
+    method.forward(x)
+    assert not any(module.training for module in model.modules())
+    method.step(x, y)
+    assert all(module.training for module in model.modules())
+
+
 def test_method_is_abstract():
     with pytest.raises(TypeError):
         Method(MLP(1, [1], 1), CrossEntropy())

@@ -108,3 +108,14 @@ def test_a_job_starts_from_the_baseline_not_from_the_previous_job(baseline, make
     assert RecordsProcessState.seen == [
         (baseline["num_threads"], baseline["deterministic_algorithms"][0])
     ]
+
+
+def test_cpu_threads_also_limits_numpys_blas(baseline, make_config):
+    """torch's thread setting does not reach NumPy's BLAS: the job limits it too, and the next
+    job gets the baseline back."""
+    if (process_state.blas_threads() or 0) < 2:
+        pytest.skip("needs a NumPy BLAS that runs 2 or more threads")
+    run(make_config("data=digits", "train.epochs=1", "cpu_threads=1"))
+    assert process_state.blas_threads() == 1
+    restore_baseline()
+    assert process_state.blas_threads() == baseline["blas_threads"] >= 2

@@ -1,0 +1,111 @@
+"""``python -m experiments.bench [--quick] [--rounds N] [--only a,b] [--out reports/bench/]``.
+
+Runs the cases of :mod:`experiments.bench.cases` (all, or the groups named by ``--only``: letters
+``a``-``d`` or names ``harness``, ``methods``, ``flops``, ``official``), prints each row as it
+is measured, and writes ``bench.csv`` and ``bench.md`` into ``--out``. Exit status 2, with one
+line, for a bad option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from experiments.bench import cases, report, timing
+
+
+def parse_groups(text: str | None) -> list[str]:
+    """Group names from ``--only`` (``"a,c"`` or ``"harness,flops"``); all when ``None``.
+
+    Raises:
+        ValueError: naming the unknown group.
+    """
+    if text is None:
+        return list(cases.GROUPS.values())
+    groups = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        name = cases.GROUPS.get(item, item)
+        if name not in cases.GROUPS.values():
+            known = ", ".join(f"{k}={v}" for k, v in cases.GROUPS.items())
+            raise ValueError(f"--only: unknown group {item!r}; groups: {known}")
+        groups.append(name)
+    return groups
+
+
+def run_case(case: cases.Case, rounds: int, clock: timing.Clock) -> list[report.Row]:
+    """Time one case's jobs interleaved and summarise each against the reference."""
+    comparison = case.build()
+    times = timing.interleaved_times(comparison.jobs, rounds, clock)
+    ratios = timing.per_round_ratios(times, comparison.reference)
+    reference_seconds = float(np.median(times[comparison.reference]))
+    rows = []
+    for job, values in ratios.items():
+        measure = "time"
+        if job in comparison.flops:
+            # FLOP/s ratio: (F_job / t_job) / (F_ref / t_ref) = (F_job / F_ref) / (t_job / t_ref)
+            scale = comparison.flops[job] / comparison.flops[comparison.reference]
+            values, measure = scale / values, "flops"
+        summary = timing.summarize(values)
+        rows.append(
+            report.Row(
+                case.group,
+                case.name,
+                job,
+                comparison.reference,
+                measure,
+                summary.median,
+                summary.q1,
+                summary.q3,
+                summary.rounds,
+                reference_seconds,
+            )
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> list[report.Row]:
+    """Parse the command line, run the selected cases and write the tables; returns the rows."""
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 rounds (tests, CI)")
+    parser.add_argument("--rounds", type=int, help="timed rounds of every case (default: per case)")
+    parser.add_argument("--only", help="groups: a=harness, b=methods, c=flops, d=official")
+    parser.add_argument("--out", type=Path, default=Path("reports/bench"), help="output folder")
+    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
+    parser.add_argument("--clock", choices=sorted(timing.CLOCKS), default="cpu")
+    args = parser.parse_args(argv)
+    try:
+        groups = parse_groups(args.only)
+        if args.rounds is not None and args.rounds < 1:
+            raise ValueError(f"--rounds: must be at least 1, got {args.rounds}")
+        if args.threads < 1:
+            raise ValueError(f"--threads: must be at least 1, got {args.threads}")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    clock = timing.CLOCKS[args.clock]
+    rows: list[report.Row] = []
+    with timing.limited_threads(args.threads):
+        for case in cases.all_cases(args.quick):
+            if case.group not in groups:
+                continue
+            for row in run_case(case, args.rounds or case.rounds, clock):
+                rows.append(row)
+                print(
+                    f"{row.group:8} {row.case:48} {row.job:24} / {row.reference:16} "
+                    f"{row.median:7.3f} (IQR {row.q1:.3f}-{row.q3:.3f}, {row.rounds} rounds)",
+                    flush=True,
+                )
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = report.machine(args.threads, args.clock)
+    report.write_csv(rows, args.out / "bench.csv")
+    report.write_markdown(rows, header, args.out / "bench.md")
+    print(f"wrote {args.out / 'bench.csv'} and {args.out / 'bench.md'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

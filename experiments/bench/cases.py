@@ -1,0 +1,234 @@
+"""The benchmark's cases: which jobs are compared, on which shapes, for how many rounds.
+
+A case builds its jobs only when it is run (:attr:`Case.build`), so only one case's models live
+in memory at a time. Shapes are those of issue 16; ``quick`` shrinks every width and dataset to
+a few batches (for the test suite and CI: it checks that every case runs, not its figures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from experiments.bench import jobs
+from experiments.bench.timing import Job
+from experiments.data import Dataset
+
+GROUPS = {"a": "harness", "b": "methods", "c": "flops", "d": "official"}
+
+MLP_METHODS = ("backprop", "dtp", "drl", "hsic", "altmin", "dni", "cdni", "fa", "dfa")
+NUMPY_METHODS = ("numpy_backprop",)
+RNN_METHODS = ("bptt", "tbptt", "dni_rnn")
+
+
+@dataclass
+class Comparison:
+    """Jobs timed together, each reported against ``reference``.
+
+    Attributes:
+        jobs: name -> job, in the order of the first round.
+        reference: the job every other is divided by.
+        flops: FLOPs per call for jobs compared by FLOP/s instead of time: the reported value
+            of such a job is ``(flops[job] / t_job) / (flops[reference] / t_reference)``.
+    """
+
+    jobs: dict[str, Job]
+    reference: str
+    flops: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row group of the table.
+
+    Attributes:
+        group: ``harness``, ``methods``, ``flops`` or ``official``.
+        name: what was measured, with its shapes (e.g. ``mnist1d 40-256-256-10 b100``).
+        rounds: default number of timed rounds (``--rounds`` overrides it).
+        build: makes the :class:`Comparison` (models, data) when the case is run.
+    """
+
+    group: str
+    name: str
+    rounds: int
+    build: Callable[[], Comparison]
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """A dataset's shapes for one case: example shape, sizes, hidden widths and batch size."""
+
+    data: str
+    input_shape: tuple[int, ...]
+    n_train: int
+    n_test: int
+    hidden: tuple[int, ...]
+    batch: int
+
+    def dataset(self) -> Dataset:
+        """Random data of these shapes (:func:`jobs.random_dataset`)."""
+        return jobs.random_dataset(self.data, self.input_shape, self.n_train, self.n_test)
+
+    def label(self, model: str = "mlp", extra: str = "") -> str:
+        """E.g. ``mnist1d 40-256-256-10 b100 (4000 ex)``."""
+        width = 1
+        for d in self.input_shape:
+            width *= d
+        layers = "-".join(str(s) for s in (width, *self.hidden, 10)) if model == "mlp" else model
+        return f"{self.data} {layers}{extra} b{self.batch} ({self.n_train} ex)"
+
+
+def _overrides(shapes: Shapes, method: str, model: str = "mlp", *extra: str) -> list[str]:
+    hidden = ",".join(str(s) for s in shapes.hidden)
+    items = [f"method={method}", f"data={shapes.data}", f"train.batch_size={shapes.batch}"]
+    if model == "mlp":
+        items.append(f"model.hidden_sizes=[{hidden}]")
+    else:
+        items.append(f"model={model}")
+    return [*items, *extra]
+
+
+def harness_case(shapes: Shapes, rounds: int) -> Case:
+    """Group ``harness``: ``fit`` with ``method=backprop`` against :func:`jobs.bare_epoch`."""
+
+    def build() -> Comparison:
+        data = shapes.dataset()
+        cfg = jobs.compose_config(_overrides(shapes, "backprop"))
+        method = jobs.build_from_config(cfg, data)
+        model = jobs.bare_twin(method, cfg, data)
+        eval_batch = cfg.train.eval_batch_size
+        return Comparison(
+            jobs={
+                "bare torch loop": jobs.bare_epoch(
+                    model, jobs.bare_optimizer(model, cfg), data, shapes.batch, eval_batch
+                ),
+                "harness (fit, backprop)": jobs.harness_epoch(
+                    method, data, shapes.batch, eval_batch
+                ),
+            },
+            reference="bare torch loop",
+        )
+
+    return Case("harness", shapes.label(), rounds, build)
+
+
+def methods_case(
+    shapes: Shapes,
+    methods: Sequence[str],
+    reference: str,
+    rounds: int,
+    model: str = "mlp",
+    extra: Sequence[str] = (),
+    label: str = "",
+    group: str = "methods",
+) -> Case:
+    """Each method's harness epoch against ``reference``'s, same data, batches and network.
+
+    Every method is composed from the configs with ``extra`` overrides, as a run would be.
+    """
+
+    def build() -> Comparison:
+        data = shapes.dataset()
+        built = {}
+        for name in methods:
+            cfg = jobs.compose_config(_overrides(shapes, name, model, *extra))
+            method = jobs.build_from_config(cfg, data)
+            built[name] = jobs.harness_epoch(method, data, shapes.batch, cfg.train.eval_batch_size)
+        return Comparison(jobs=built, reference=reference)
+
+    return Case(group, shapes.label(model, label), rounds, build)
+
+
+def flops_case(shapes: Shapes, gemm: int, rounds: int) -> Case:
+    """The wide net's training step (backprop, Adam) by FLOP/s, against a square GEMM's."""
+
+    def build() -> Comparison:
+        data = shapes.dataset()
+        cfg = jobs.compose_config(_overrides(shapes, "backprop"))
+        method = jobs.build_from_config(cfg, data)
+        x, y = data.x_train[: shapes.batch], data.y_train[: shapes.batch]
+        width = 1
+        for d in shapes.input_shape:
+            width *= d
+        step_flops = jobs.mlp_step_flops([width, *shapes.hidden, 10], shapes.batch)
+        gemm_run, gemm_flops = jobs.gemm_job(gemm)
+        name = f"matmul {gemm}x{gemm}"
+        return Comparison(
+            jobs={name: gemm_run, "training step": jobs.step_job(method, x, y)},
+            reference=name,
+            flops={name: gemm_flops, "training step": step_flops},
+        )
+
+    return Case("flops", shapes.label(), rounds, build)
+
+
+def all_cases(quick: bool = False) -> list[Case]:
+    """Every case of the benchmark, in table order; ``quick``: tiny shapes, 3 rounds."""
+    if quick:
+        return list(_cases(tiny=True, rounds=lambda _: 3))
+    return list(_cases(tiny=False, rounds=lambda default: default))
+
+
+def _cases(tiny: bool, rounds: Callable[[int], int]) -> Iterator[Case]:
+    def mlp(data, shape, n_train, hidden, batch) -> Shapes:
+        if tiny:  # two batches of at most 100 examples, widths of at most 32
+            hidden = tuple(min(h, 32) for h in hidden)
+            batch = min(batch, 100)
+            n_train = 2 * batch
+        return Shapes(data, shape, n_train, max(n_train // 10, 1), tuple(hidden), batch)
+
+    mnist1d = mlp("mnist1d", (40,), 4000, (256, 256), 100)
+    fashion = mlp("fashion_mnist", (28, 28), 3000, (256, 256), 100)
+    wide = mlp("fashion_mnist", (28, 28), 2048, (2048,) * 4, 1024)
+    seq = Shapes("mnist1d_seq", (40, 1), 200 if tiny else 2000, 20 if tiny else 200, (), 100)
+
+    yield harness_case(mnist1d, rounds(30))
+    yield harness_case(fashion, rounds(15))
+    yield harness_case(wide, rounds(5))
+
+    for shapes, n in ((mnist1d, 15), (fashion, 5)):
+        yield methods_case(shapes, MLP_METHODS + NUMPY_METHODS, "backprop", rounds(n))
+    yield methods_case(seq, RNN_METHODS, "bptt", rounds(7), model="rnn")
+
+    yield flops_case(wide, 64 if tiny else 2048, rounds(7))
+
+    official = [
+        ("hsic", ("backprop", "hsic"), (1024,) * 6, 256, ()),
+        ("altmin", ("backprop", "altmin"), (100, 100), 200, ()),
+        ("altmin", ("backprop", "altmin"), (500, 500), 200, ()),
+        (
+            "dtp",
+            ("backprop", "dtp"),
+            (256,) * 5,
+            128,
+            ("model.activation=tanh", "model.init=orthogonal"),
+        ),
+        ("dni", ("backprop", "dni", "cdni"), (256, 256), 64, ("method.hidden_sizes=[256]",)),
+    ]
+    for what, methods, hidden, batch, extra in official:
+        shapes = mlp("fashion_mnist", (28, 28), 10 * batch, hidden, batch)
+        yield _official_case(shapes, methods, extra, rounds(5), what)
+
+
+def _official_case(
+    shapes: Shapes, methods: Sequence[str], extra: Sequence[str], rounds: int, what: str
+) -> Case:
+    model_extra = [e for e in extra if e.startswith("model.")]
+    method_extra = [e for e in extra if e.startswith("method.")]
+
+    def build() -> Comparison:
+        data = shapes.dataset()
+        built = {}
+        for name in methods:
+            # method.* overrides are for the compared method: backprop has no such options, and
+            # cdni keeps its default linear modules (the paper's for cDNI).
+            own = method_extra if name not in ("backprop", "cdni") else []
+            cfg = jobs.compose_config(_overrides(shapes, name, "mlp", *model_extra, *own))
+            method = jobs.build_from_config(cfg, data)
+            job = f"{name} (linear)" if name == "cdni" else name
+            built[job] = jobs.harness_epoch(method, data, shapes.batch, cfg.train.eval_batch_size)
+        return Comparison(jobs=built, reference="backprop")
+
+    tag = ", synthesiser 256" if what == "dni" else ""
+    tag += ", tanh" if what == "dtp" else ""
+    return Case("official", f"{what}: {shapes.label(extra=tag)}", rounds, build)
