@@ -89,7 +89,9 @@ def server(services_dir) -> Iterator[dict[str, str | None]]:
 
         names = [e.name for e in MlflowClient(uri).search_experiments() if e.name != "Default"]
         if names:
-            pytest.fail(f"{SERVER_ENV}={uri}: the integration tests need an empty server, found {names}")
+            pytest.fail(
+                f"{SERVER_ENV}={uri}: the integration tests need an empty server, found {names}"
+            )
         yield {"uri": uri, "database": os.environ.get(DATABASE_ENV)}
         return
     if not postgres_binaries():
@@ -118,3 +120,54 @@ def server(services_dir) -> Iterator[dict[str, str | None]]:
 def server_uri(server) -> str:
     """The ``http://`` address of the session's MLflow tracking server."""
     return server["uri"]
+
+
+def _slurm_answers(env: dict[str, str]) -> bool:
+    try:
+        result = subprocess.run(
+            ["scontrol", "ping"], env=env, capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "UP" in result.stdout
+
+
+@pytest.fixture(scope="session")
+def slurm_env(services_dir) -> Iterator[dict[str, str]]:
+    """The environment (``SLURM_CONF``) of a single-node SLURM cluster with accounting.
+
+    The cluster ``$SLURM_CONF`` names when its controller answers (CI: ``scripts/slurm.sh
+    start``), else one started here by ``scripts/slurm.sh`` on free ports (needs root and
+    Debian's slurm-wlm, slurmdbd, munge, mariadb-server), else a skip with the reason.
+    """
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher",
+        reason="hydra-submitit-launcher absent: pip install -e '.[slurm]'",
+    )
+    if os.environ.get("SLURM_CONF") and _slurm_answers(dict(os.environ)):
+        yield {"SLURM_CONF": os.environ["SLURM_CONF"]}
+        return
+    missing = [
+        b for b in ("munged", "slurmctld", "slurmd", "slurmdbd", "mariadbd") if not shutil.which(b)
+    ]
+    if missing:
+        pytest.skip(
+            f"SLURM absent ({', '.join(missing)}): "
+            "apt-get install slurm-wlm slurmdbd munge mariadb-server"
+        )
+    if os.geteuid() != 0:
+        pytest.skip(
+            "scripts/slurm.sh starts the SLURM daemons as root; run as root or set SLURM_CONF"
+        )
+    env = {
+        **os.environ,
+        "SERVICES_DIR": str(services_dir),
+        "SLURM_PORT_BASE": str(free_port()),
+        "MARIADB_PORT": str(free_port()),
+    }
+    try:
+        _script("slurm.sh", "start", env)
+        conf = _script("slurm.sh", "env", env).removeprefix("export SLURM_CONF=")
+        yield {"SLURM_CONF": conf}
+    finally:
+        subprocess.run([str(SCRIPTS / "slurm.sh"), "stop"], env=env, check=False)

@@ -20,7 +20,6 @@ from tests.test_analysis import (  # noqa: F401 (collected again, on the server)
 from tests.test_cli import (  # noqa: F401
     subprocess_env,
     test_optuna_search_tunes_on_the_validation_split,
-    test_parallel_joblib_sweep_keeps_every_run_and_metric,
 )
 from tests.test_report import (  # noqa: F401
     test_two_datasets_and_two_depths_are_four_rows_and_four_lines,
@@ -57,7 +56,10 @@ def test_eight_writers_at_once_lose_no_metric(tmp_path, tracking_uri):
             *common,
             f"hydra.sweep.dir={tmp_path}/sweep",
         ],
-        *[[*train, f"seed={seed}", *common, f"hydra.run.dir={tmp_path}/run{seed}"] for seed in range(4, 8)],
+        *[
+            [*train, f"seed={seed}", *common, f"hydra.run.dir={tmp_path}/run{seed}"]
+            for seed in range(4, 8)
+        ],
     ]
     started = time.monotonic()
     processes = [
