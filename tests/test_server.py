@@ -12,7 +12,6 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tests.services import server, server_uri, services_dir  # noqa: F401 (fixtures)
 from tests.test_analysis import (  # noqa: F401 (collected again, on the server)
     test_summary_table_means_over_seeds,
     test_tables_match_the_jobs,
@@ -21,8 +20,12 @@ from tests.test_cli import (  # noqa: F401
     subprocess_env,
     test_optuna_search_tunes_on_the_validation_split,
 )
+
+# The report's sweep selection on hand-made runs (its 8-job figure test is left to SQLite: it
+# adds minutes and reads runs the same way as test_tables_match_the_jobs).
 from tests.test_report import (  # noqa: F401
-    test_two_datasets_and_two_depths_are_four_rows_and_four_lines,
+    test_latest_sweep_skips_a_newer_sweep_without_finished_runs,
+    test_report_of_a_sweep_where_everything_failed_is_one_clear_error,
 )
 from tests.test_tuned import test_load_runs_reports_the_tuned_defaults_of_each_run  # noqa: F401
 

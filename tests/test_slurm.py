@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from tests.services import server, server_uri, services_dir, slurm_env  # noqa: F401 (fixtures)
 from tests.test_cli import subprocess_env
 from tests.test_sweeps import by_role, finished_runs, wait_for_a_logged_epoch
 
