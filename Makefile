@@ -9,13 +9,14 @@ ARGS ?=
 METHOD ?=
 PYTEST_ARGS ?=
 
-.PHONY: install reproduce snapshot train tune tune-compare bench test lint format data ui clean
+.PHONY: install reproduce snapshot train tune tune-compare bench test lint format data ui clean \
+	server server-stop slurm slurm-stop
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,server,slurm]'
 	touch $@
 
 install: $(BIN)/.installed ## Create .venv with torch, the project and its test tools
@@ -77,6 +78,25 @@ data: ## Real Fashion-MNIST from Debian's dataset-fashion-mnist (needs root)
 
 ui: install ## Browse every run in the MLflow UI at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1
+
+# A tracking server for jobs on other machines (docs/cluster.md): a throwaway PostgreSQL in
+# .services/postgres and `mlflow server` on 127.0.0.1:$(MLFLOW_PORT), artifacts proxied into
+# .services/mlflow/artifacts. Jobs then need only MLFLOW_TRACKING_URI=http://127.0.0.1:5000.
+MLFLOW_PORT ?= 5000
+
+server: install ## MLflow tracking server on PostgreSQL at http://127.0.0.1:$(MLFLOW_PORT) (needs postgresql)
+	scripts/postgres.sh start
+	PYTHON=$(BIN)/python MLFLOW_PORT=$(MLFLOW_PORT) scripts/mlflow_server.sh start
+
+server-stop: ## Stop the tracking server and its PostgreSQL (their data stays in .services/)
+	MLFLOW_PORT=$(MLFLOW_PORT) scripts/mlflow_server.sh stop
+	scripts/postgres.sh stop
+
+slurm: ## Single-node SLURM cluster on this machine (root; then eval "$$(scripts/slurm.sh env)")
+	scripts/slurm.sh start
+
+slurm-stop: ## Stop that cluster's daemons
+	scripts/slurm.sh stop
 
 clean: ## Remove the virtual environment and caches (keeps mlflow.db and outputs)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -367,6 +367,29 @@ def refuse_tuned_null(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def refuse_shared_study(argv: list[str]) -> None:
+    """Exit with one line for ``hydra.sweeper.storage=<database>`` under Optuna < 3.
+
+    hydra-optuna-sweeper pins Optuna < 3, whose RDB storage fails its schema check under
+    SQLAlchemy 2 with a bare ``AssertionError`` (on SQLite and PostgreSQL alike; checked with
+    Optuna 2.10.1 and SQLAlchemy 2.1.9, docs/cluster.md), after the sweep has started.
+    """
+    storage = [arg.split("=", 1)[1] for arg in argv if arg.startswith("hydra.sweeper.storage=")]
+    if not storage or storage[-1] in ("null", "None", ""):
+        return
+    from importlib.metadata import version
+
+    optuna, sqlalchemy = version("optuna"), version("sqlalchemy")
+    if int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
+        print(
+            f"error: hydra.sweeper.storage: Optuna {optuna} (pinned by hydra-optuna-sweeper) "
+            f"cannot open a database storage with SQLAlchemy {sqlalchemy}; tune with the "
+            "in-memory study (leave the storage unset); see docs/cluster.md",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 def unknown_key_message(error: BaseException) -> str | None:
     """One line naming the valid keys, for Hydra's "Could not override 'key'" composition error.
 
@@ -465,6 +488,7 @@ def cli(argv: list[str] | None = None) -> None:
             ``sys.argv`` itself).
     """
     refuse_tuned_null(sys.argv[1:] if argv is None else argv)
+    refuse_shared_study(sys.argv[1:] if argv is None else argv)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra then raises every error here instead of printing it and exiting with status 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -10,6 +10,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+# The integration tests' services (PostgreSQL + MLflow server, SLURM), registered once here so
+# that a session starts each at most once.
+from tests.services import server, server_uri, services_dir, slurm_env  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(REPO_ROOT / "conf")
 # What a run leaves in its working directory; tests keep all of it in temporary folders.
