@@ -76,7 +76,10 @@ format: install
 data: ## Real Fashion-MNIST from Debian's dataset-fashion-mnist (needs root)
 	apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
 
+# MLflow 3.17's UI opens on its GenAI view; the query below (or its "Model training" toggle,
+# remembered by the browser) shows the runs tables (docs/mlflow-ui.md).
 ui: install ## Browse every run in the MLflow UI at http://127.0.0.1:5000
+	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (or click Model training once)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1
 
 # A tracking server for jobs on other machines (docs/cluster.md): a throwaway PostgreSQL in

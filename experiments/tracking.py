@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import ConfigError
 from experiments.interrupts import held_interrupts, signal_of
+from experiments.sweep_progress import SweepProgress, job_number
+from experiments.ui_links import run_line
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,11 @@ SWEEP_ID_TAG = "sweep_id"
 ROLE_TAG = "role"
 FAILURE_TAG = "failure_reason"
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's experiment type: model training, not GenAI. MLflow 3.17's UI picks its view from a
+# toggle of its own instead (experiments.ui_links); the tag still types the experiment for
+# MLflow versions and tools that read it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
 # The id of the parent run of the sweep a job belongs to, set by the launching process.
 SWEEP_RUN_ENV = "BACKPROP_BENCH_SWEEP_RUN"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -247,23 +255,28 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
 def get_or_create_experiment(client: Any, name: str) -> str:
     """Id of the experiment called ``name``, creating it if needed (safe under concurrency).
 
-    A new experiment of a SQLite store keeps its artifacts at :func:`artifact_location`.
+    A new experiment of a SQLite store keeps its artifacts at :func:`artifact_location`. The
+    experiment is tagged ``mlflow.experimentKind = custom_model_development`` (model training)
+    when created, or when first used without that tag; a kind set otherwise is left alone.
     """
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(
-            name, artifact_location=artifact_location(client.tracking_uri, name)
-        )
-    except MlflowException:
-        # Another worker created it between our lookup and our create.
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                name,
+                artifact_location=artifact_location(client.tracking_uri, name),
+                tags={EXPERIMENT_KIND_TAG: TRAINING_KIND},
+            )
+        except MlflowException:
+            # Another worker created it between our lookup and our create.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return experiment.experiment_id
 
 
 def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -391,8 +404,19 @@ def job_sweep_run(client: Any, experiment_id: str, sweep_dir: str) -> str:
     return existing or create_sweep_run(client, experiment_id, sweep_dir)
 
 
-# The sweep this process launched (set by SweepParentRun.on_multirun_start): {uri, run_id}.
+# The sweep this process launched (set by SweepParentRun.on_multirun_start): {uri, run_id},
+# and "summary", the dotted name of the function that writes its summary, if any.
 _launched: dict[str, str] = {}
+
+
+def _write_summary(summary: str, uri: str, run_id: str) -> None:
+    """Call ``summary(uri, run_id)`` (a dotted function name); log, never raise, a failure."""
+    from hydra.utils import get_method
+
+    try:
+        get_method(summary)(uri, run_id)
+    except Exception as error:
+        log.warning("could not write the summary of the sweep's parent run %s: %s", run_id, error)
 
 
 def _close(client: Any, run_id: str, status: str, reason: str | None) -> None:
@@ -409,6 +433,11 @@ def close_sweep(status: str, reason: str | None = None) -> str | None:
     with the sweep, a job stopped between two writes) become ``KILLED`` with the reason.
     Tracking problems are logged, never raised.
 
+    Before it is closed, unless the sweep was interrupted (``KILLED``: the process must end
+    promptly), the function named by :class:`SweepParentRun`'s ``summary`` writes its summary
+    (:func:`analysis.sweep_note.write_sweep_note`), and its address is logged
+    (``sweep run: <url>``, :func:`experiments.ui_links.run_line`).
+
     Args:
         status: ``FINISHED``, ``FAILED`` or ``KILLED``.
         reason: the ``failure_reason`` tag (for ``FAILED`` / ``KILLED``).
@@ -419,6 +448,7 @@ def close_sweep(status: str, reason: str | None = None) -> str | None:
     if not _launched:
         return None
     uri, run_id = _launched["uri"], _launched["run_id"]
+    summary = _launched.get("summary")
     _launched.clear()
     os.environ.pop(SWEEP_RUN_ENV, None)
     try:
@@ -432,8 +462,11 @@ def close_sweep(status: str, reason: str | None = None) -> str | None:
             )
             for job in jobs:
                 _close(client, job.info.run_id, "KILLED", f"the sweep stopped first: {reason}")
+        if summary and status != "KILLED":
+            _write_summary(summary, uri, run_id)
         if parent.info.status == "RUNNING":
             _close(client, run_id, status, reason)
+        log.info(run_line(uri, parent.info.experiment_id, run_id, "sweep run"))
     except Exception as error:
         log.warning("could not close the sweep's parent MLflow run %s: %s", run_id, error)
     return run_id
@@ -445,10 +478,20 @@ class SweepParentRun(Callback):
     Created in the launching process before the launcher fans jobs out, so parallel workers
     find one parent instead of racing to create several; its id reaches the jobs through
     :data:`SWEEP_RUN_ENV`. The sweep's start also records the process state every job starts
-    from (:mod:`experiments.process_state`). A sweep that stops early (interrupt, error) is
-    closed by the entry point (:func:`close_sweep`). Registered in ``conf/config.yaml`` under
-    ``hydra.callbacks``.
+    from (:mod:`experiments.process_state`). Each job starts with the line ``job k of n (sweep
+    <parent id>): ~<time> left`` (:mod:`experiments.sweep_progress`). A sweep that stops early
+    (interrupt, error) is closed by the entry point (:func:`close_sweep`). Registered in
+    ``conf/config.yaml`` under ``hydra.callbacks``.
+
+    Args:
+        summary: dotted name of ``f(tracking_uri, parent_run_id)``, called when the sweep ends
+            to write its summary into the parent run (``conf/config.yaml`` names
+            :func:`analysis.sweep_note.write_sweep_note`); ``None`` writes none.
     """
+
+    def __init__(self, summary: str | None = None) -> None:
+        self.summary = summary
+        self.progress: SweepProgress | None = None
 
     @held_interrupts()
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -456,6 +499,11 @@ class SweepParentRun(Callback):
         from experiments.process_state import capture_baseline
 
         capture_baseline()
+        label = Path(str(config.hydra.sweep.dir)).name
+        try:
+            self.progress = SweepProgress.start(config, label)
+        except Exception as error:  # progress lines are a convenience, never a reason to stop
+            log.warning("no job count for this sweep: %s", error)
         try:
             uri = config.mlflow.tracking_uri
             check_store(uri)  # a bad store: each job then stops with one line
@@ -466,13 +514,23 @@ class SweepParentRun(Callback):
             log.warning("could not create the sweep's parent MLflow run: %s", error)
             return
         _launched.update(uri=uri, run_id=run_id)
+        if self.summary:
+            _launched["summary"] = self.summary
+        if self.progress is not None:
+            self.progress = replace(self.progress, label=run_id[:8])
         os.environ[SWEEP_RUN_ENV] = run_id
         log.info(
             "sweep parent MLflow run %s in experiment %r", run_id, config.mlflow.experiment_name
         )
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Log ``job k of n (sweep <id>): ~<time> left`` (:meth:`SweepProgress.line`)."""
+        job = job_number(config)
+        if self.progress is not None and job is not None:
+            log.info(self.progress.line(job))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Mark the parent run FINISHED once every job has returned."""
+        """Write the sweep's summary into its parent run, and mark it FINISHED."""
         close_sweep("FINISHED")
 
 
@@ -525,6 +583,7 @@ class RunTracker:
         self.hydra_info = dict(hydra_info)
         self.client: Any = None
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.ended = False
 
     def __enter__(self) -> RunTracker:
@@ -551,6 +610,7 @@ class RunTracker:
             tags["hydra_output_dir"] = self.hydra_info["output_dir"]
         run = self.client.create_run(experiment_id, run_name=self.tags.get("run_name"), tags=tags)
         self.run_id = run.info.run_id
+        self.experiment_id = experiment_id
         from mlflow.entities import Param
 
         config = run_config(self.cfg)
@@ -592,6 +652,17 @@ class RunTracker:
             self.client.log_artifact(self.run_id, str(path))
 
     @held_interrupts()
+    def log_dataset(self, dataset: Any) -> None:
+        """Log ``dataset`` as the run's input with the context ``training``.
+
+        ``dataset`` comes from :func:`experiments.dataset_input.training_input`; the UI's
+        Datasets column shows its name and digest.
+        """
+        from experiments.dataset_input import dataset_input
+
+        self.client.log_inputs(self.run_id, datasets=[dataset_input(dataset)])
+
+    @held_interrupts()
     def set_tag(self, key: str, value: str) -> None:
         """Set one tag on the run."""
         self.client.set_tag(self.run_id, key, value)
@@ -608,6 +679,7 @@ class RunTracker:
             self.client.log_artifact(self.run_id, log_file, "logs")
         self.client.set_terminated(self.run_id, status)
         self.ended = True
+        log.info(run_line(self.client.tracking_uri, self.experiment_id, self.run_id))
 
     def mark_diverged(self, step: int, reason: str) -> None:
         """Record a divergence: ``diverged_at_step`` metric, reason tag, status ``FAILED``."""

@@ -45,6 +45,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.data import Dataset, DataUnavailableError, carve_validation
+from experiments.dataset_input import training_input
 from experiments.diagnostics import UpdateDiagnostics
 from experiments.interrupts import deliver_interrupts, exit_status, signal_of
 from experiments.loop import Diverged, fit
@@ -236,7 +237,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         torch.set_num_threads(cfg.cpu_threads)
         set_blas_threads(cfg.cpu_threads)  # NumPy's BLAS (numpy_backprop) ignores torch's
     generator = seed_everything(cfg.seed, cfg.deterministic)
-    data = load_data(cfg).to(device)
+    data = load_data(cfg)
+    # Hashed on the CPU copy, before the move; only the metadata is kept.
+    logged_data = training_input(data, _options(cfg.data, ("name",)))
+    data = data.to(device)
     torch.manual_seed(cfg.seed)  # model init must not depend on how the loader used the RNG
     model = build_model(cfg, data).to(device)
     loss = loss_for_task(data.task, data.tolerance)
@@ -269,6 +273,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         device,
     )
     with deliver_interrupts(), RunTracker(cfg, tags, info) as tracker:
+        tracker.log_dataset(logged_data)
         for filename, obj in method.artifacts().items():
             tracker.log_torch(obj, filename)
         try:
