@@ -10,6 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+import experiments.schema  # noqa: F401 (stores the schema that conf/config.yaml starts from)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(REPO_ROOT / "conf")
 # What a run leaves in its working directory; tests keep all of it in temporary folders.
