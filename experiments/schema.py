@@ -235,13 +235,13 @@ def register_schemas(conf_dir: Path = CONF_DIR) -> None:
     """
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
-    for name in available_methods():
-        store.store(group="schema/method", name=name, node=method_schema(name))
+    groups = {("method", name): method_schema(name) for name in available_methods()}
     for group in ("model", "data"):
         for path in sorted((conf_dir / group).glob("*.yaml")):
-            store.store(
-                group=f"schema/{group}", name=path.stem, node=group_schema(group, path.stem)
-            )
+            groups[group, path.stem] = group_schema(group, path.stem, conf_dir)
+    for (group, option), schema in groups.items():
+        store.store(group=f"schema/{group}", name=option, node=schema)
+        SCHEMAS[schema.__name__] = schema
 
 
 def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any, Any]]:
@@ -270,6 +270,7 @@ def check_fields(cfg: DictConfig) -> None:
     """
     for prefix, node, schema in _walk(cfg, ""):
         fields = {f.name: f for f in dataclasses.fields(schema)}
+        types_ = typing.get_type_hints(schema)  # the fields' types, not their source strings
         values = OmegaConf.to_container(node, resolve=True)
         for key in node:
             where = f"{prefix}.{key}" if prefix else str(key)
@@ -280,7 +281,7 @@ def check_fields(cfg: DictConfig) -> None:
                 )
             markers = fields[key].metadata.get("check", ())
             if markers:
-                problem = check_value(where, values[key], fields[key].type, markers)
+                problem = check_value(where, values[key], types_[key], markers)
                 if problem is not None:
                     raise ConfigError(problem)
 

@@ -7,7 +7,8 @@ import pytest
 
 from experiments.schedule import make_schedulers
 from experiments.train import TrialDiverged, objective, run
-from experiments.validation import ConfigError, validate_config
+from experiments.schema import validate_config
+from experiments.validation import ConfigError
 from methods import build_method
 from methods.losses import CrossEntropy
 from methods.networks import MLP

@@ -19,7 +19,8 @@ from analysis.export_tuned import (
 )
 from experiments.tracking import flatten_config
 from experiments.train import run
-from experiments.validation import ConfigError, check_tuned_choice, validate_config
+from experiments.schema import validate_config
+from experiments.validation import ConfigError, check_tuned_choice
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TUNED = sorted(CONF.glob("tuned/*.yaml"))
