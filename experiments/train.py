@@ -399,6 +399,12 @@ def composition_error_message(error: BaseException) -> str | None:
     message = f"{key}: unknown key{where}"
     if valid is not None:
         message += f"; {parent or 'the top level'} has only: {', '.join(valid)}"
+    if source and source.group(1).startswith("tuned/"):
+        message += (
+            f"; conf/{source.group(1)}.yaml holds the tuned defaults of another method: drop "
+            "the tuned= override (the matching file is picked automatically) or opt out with "
+            "~tuned"
+        )
     if parent_node is not None and OmegaConf.get_type(parent_node) is dict:
         message += f" (a free-form block: add a key with +{key}=<value>)"
     return message
