@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from experiments.train import run
 from experiments.schema import validate_config
+from experiments.train import run
 from experiments.validation import ConfigError
 from methods import register_method
 from methods.backprop import Backprop
