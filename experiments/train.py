@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import sys
 import traceback
@@ -50,13 +51,9 @@ from experiments.diagnostics import UpdateDiagnostics
 from experiments.interrupts import deliver_interrupts, exit_status, signal_of
 from experiments.loop import Diverged, fit
 from experiments.process_state import restore_baseline, set_blas_threads
+from experiments.schema import DATA_HARNESS_KEYS, schema_keys, validate_config
 from experiments.tracking import RunTracker, check_store, close_sweep, fail_sweep
-from experiments.validation import (
-    ConfigError,
-    check_tuned_choice,
-    resolve_device,
-    validate_config,
-)
+from experiments.validation import ConfigError, check_tuned_choice, resolve_device
 from methods import Method, MethodConfigError, build_method
 from methods.losses import loss_for_task
 
@@ -64,8 +61,6 @@ log = logging.getLogger(__name__)
 
 # Absolute, so that the entry point works whether it runs as ``__main__`` or as the module.
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-# Keys consumed by the harness, not passed to a loader / builder.
-DATA_HARNESS_KEYS = ("name", "val_fraction", "split_seed")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -395,32 +390,52 @@ def refuse_shared_study(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def unknown_key_message(error: BaseException) -> str | None:
-    """One line naming the valid keys, for Hydra's "Could not override 'key'" composition error.
+def composition_error_message(error: BaseException) -> str | None:
+    """One line for a key or value that the schema rejected while Hydra composed the config.
 
-    Hydra's own hint (``+key=value``) only leads to a second error for a misspelt key.
+    Covers a misspelt key on the command line (Hydra's own hint, ``+key=value``, only leads to
+    a second error), a value of the wrong type, and either of them in a config file; the line
+    names the key, the file it came from, and for an unknown key the valid ones.
 
     Returns:
-        ``"<key>: unknown key; <parent> has only: a, b, ..."``, or ``None`` for other errors.
+        ``"<key>: unknown key; <parent> has only: a, b, ..."`` or ``"<key>: <why>"``, or
+        ``None`` for other errors.
     """
     from hydra.errors import ConfigCompositionException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+    from omegaconf.errors import OmegaConfBaseException
 
-    cause = error.__cause__
-    if not isinstance(error, ConfigCompositionException) or not isinstance(
-        cause, ConfigAttributeError | ConfigKeyError
-    ):
+    if not isinstance(error, ConfigCompositionException):
         return None
-    parent_node = getattr(cause, "parent_node", None)
-    if not str(error).startswith("Could not override") or parent_node is None:
-        return None
-    key = str(cause.full_key)
+    text, cause = str(error), error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        key, why = str(cause.full_key), str(cause).splitlines()[0]
+        parent_node = getattr(cause, "parent_node", None)
+    else:  # an error inside a config file: Hydra keeps only the text
+        found = re.search(r"full_key: (\S+)", text)
+        if found is None or len(text.splitlines()) < 2:
+            return None
+        key, why, parent_node = found.group(1), text.splitlines()[1].strip(), None
+    source = re.match(r"In '([^']+)': ", text)
+    where = f" (in conf/{source.group(1)}.yaml)" if source else ""
+    unknown = re.match(r"Key '[^']*' (?:not in '(\w+)'|is not in struct)", why)
+    if unknown is None:
+        return f"{key}: {why}{where}"
     parent = key.rsplit(".", 1)[0] if "." in key else ""
-    valid = sorted(str(k) for k in parent_node if parent or k != "hydra")
-    where = parent or "the top level"
-    message = f"{key}: unknown key; {where} has only: {', '.join(valid)}"
-    if parent.split(".")[0] in ("method", "model", "data"):
-        message += f" (an option its config file does not set is added with +{key}=<value>)"
+    if parent_node is not None:
+        valid = sorted(str(k) for k in parent_node if parent or k != "hydra")
+    else:
+        valid = schema_keys(unknown.group(1) or "")
+    message = f"{key}: unknown key{where}"
+    if valid is not None:
+        message += f"; {parent or 'the top level'} has only: {', '.join(valid)}"
+    if source and source.group(1).startswith("tuned/"):
+        message += (
+            f"; conf/{source.group(1)}.yaml holds the tuned defaults of another method: drop "
+            "the tuned= override (the matching file is picked automatically) or opt out with "
+            "~tuned"
+        )
+    if parent_node is not None and OmegaConf.get_type(parent_node) is dict:
+        message += f" (a free-form block: add a key with +{key}=<value>)"
     return message
 
 
@@ -457,9 +472,9 @@ def describe_failure(error: Exception) -> tuple[str, int, bool]:
             1,
             False,
         )
-    unknown = unknown_key_message(error)
-    if unknown is not None:
-        return unknown, 2, False
+    rejected = composition_error_message(error)
+    if rejected is not None:
+        return rejected, 2, False
     if isinstance(error, MissingConfigException) and error.options:
         first = str(error).splitlines()[0].removeprefix("In 'config': ")
         group = (error.missing_cfg_file or "").rsplit("/", 1)[0]

@@ -39,15 +39,16 @@ code steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
-from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.base import Method, make_optimizer, register_method
 from methods.losses import Loss
 from methods.networks import MLP
+from methods.options import Bounds, OneOf, OptimizerConfig
 
 TOP_CODE_LOSSES = ("scaled_loss", "scaled_mismatch")
 
@@ -95,35 +96,15 @@ class AlternatingMinimization(Method):
         self,
         model: MLP,
         loss: Loss,
-        optimizer: Mapping[str, Any],
-        mu: float = 0.003,
-        code_steps: int = 5,
-        code_lr: float = 0.3,
-        code_momentum: float = 0.9,
-        top_code_loss: str = "scaled_loss",
+        optimizer: OptimizerConfig,
+        mu: Annotated[float, Bounds(gt=0)] = 0.003,
+        code_steps: Annotated[int, Bounds(ge=0)] = 5,
+        code_lr: Annotated[float, Bounds(gt=0)] = 0.3,
+        code_momentum: Annotated[float, Bounds(ge=0, lt=1)] = 0.9,
+        top_code_loss: Annotated[str, OneOf(*TOP_CODE_LOSSES)] = "scaled_loss",
     ) -> None:
         super().__init__(model, loss)
         self.require_model(MLP, "mlp")
-        values = {
-            "mu": mu,
-            "code_lr": code_lr,
-            "code_momentum": code_momentum,
-            "code_steps": code_steps,
-        }
-        valid = {
-            "mu": mu > 0,
-            "code_lr": code_lr > 0,
-            "code_momentum": 0 <= code_momentum < 1,
-            "code_steps": isinstance(code_steps, int) and code_steps >= 0,
-        }
-        for key, ok in valid.items():
-            if not ok:
-                raise MethodConfigError(f"method.{key}: out of range, got {values[key]!r}")
-        if top_code_loss not in TOP_CODE_LOSSES:
-            raise MethodConfigError(
-                f"method.top_code_loss: must be one of {', '.join(TOP_CODE_LOSSES)}, "
-                f"got {top_code_loss!r}"
-            )
         self.mu, self.code_steps, self.code_lr = mu, code_steps, code_lr
         self.code_momentum = code_momentum
         self.top_code_loss = top_code_loss

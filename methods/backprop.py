@@ -7,14 +7,12 @@ chosen in ``conf/method/backprop.yaml`` (``optimizer._target_``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import nn
 
 from methods.base import Method, make_optimizer, register_method
 from methods.losses import Loss
+from methods.options import OptimizerConfig
 
 
 @register_method("backprop")
@@ -30,7 +28,7 @@ class Backprop(Method):
         MethodConfigError: if the optimiser config is invalid.
     """
 
-    def __init__(self, model: nn.Module, loss: Loss, optimizer: Mapping[str, Any]) -> None:
+    def __init__(self, model: nn.Module, loss: Loss, optimizer: OptimizerConfig) -> None:
         super().__init__(model, loss)
         self.optimizer = make_optimizer(model.parameters(), optimizer)
 

@@ -40,8 +40,7 @@ This package is a torch-only library: nothing in ``methods/`` imports the harnes
 from __future__ import annotations
 
 import importlib
-import inspect
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
@@ -50,6 +49,7 @@ import torch
 from torch import nn
 
 from methods.losses import Loss
+from methods.options import accepts_any_keyword, check_options, signature
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -100,23 +100,36 @@ def get_method_class(name: str) -> type[Method]:
         ) from None
 
 
+# Constructor parameters that the harness supplies; every other one is a method option.
+NOT_OPTIONS = ("model", "loss")
+
+
+def _option_error(cls: type[Method], options: Mapping[str, Any]) -> str | None:
+    """The first unknown or out-of-range option of ``cls``'s constructor, or ``None``."""
+    if not accepts_any_keyword(cls):
+        accepted = [p for p in signature(cls).parameters if p not in ("self", *NOT_OPTIONS)]
+        for key in options:
+            if key not in accepted and key not in NOT_OPTIONS:
+                return (
+                    f"method.{key}: method {cls.name!r} has no option {key!r}; "
+                    f"its options are: {', '.join(accepted) or '(none)'}"
+                )
+    return check_options(cls, options, "method", NOT_OPTIONS)
+
+
 def check_method_options(name: str, options: Mapping[str, Any]) -> None:
-    """Check that ``options`` are keyword arguments accepted by method ``name``'s constructor.
+    """Check ``options`` against method ``name``'s constructor signature.
+
+    Every option must be a keyword of the constructor, and satisfy its type and the bounds or
+    choices declared with it (:mod:`methods.options` markers).
 
     Raises:
-        MethodConfigError: naming the first unknown option and listing the accepted ones.
+        MethodConfigError: naming the first unknown option (listing the accepted ones) or the
+            first bad value, as ``method.<key>: <why>``.
     """
-    cls = get_method_class(name)
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [p for p in params if p not in ("self", "model", "loss")]
-    for key in options:
-        if key not in accepted:
-            raise MethodConfigError(
-                f"method.{key}: method {name!r} has no option {key!r}; "
-                f"its options are: {', '.join(accepted) or '(none)'}"
-            )
+    problem = _option_error(get_method_class(name), options)
+    if problem is not None:
+        raise MethodConfigError(problem)
 
 
 def build_method(name: str, model: nn.Module, loss: Loss, options: Mapping[str, Any]) -> Method:
@@ -129,10 +142,33 @@ def build_method(name: str, model: nn.Module, loss: Loss, options: Mapping[str, 
         options: the method's hyperparameters (the method config without ``name``).
 
     Raises:
-        MethodConfigError: unknown name or unknown option.
+        MethodConfigError: unknown name, unknown option or bad value (checked on construction,
+            :class:`MethodMeta`).
     """
-    check_method_options(name, options)
     return get_method_class(name)(model=model, loss=loss, **dict(options))
+
+
+class MethodMeta(ABCMeta):
+    """Checks a method's options against its signature whenever one is constructed.
+
+    The bounds and choices declared in the constructor's signature (:mod:`methods.options`) are
+    thus enforced for direct library use too, in one place, before ``__init__`` runs.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        """Bind the arguments to the signature, check the options, then construct."""
+        try:
+            bound = signature(cls).bind(None, *args, **kwargs)
+        except TypeError as error:
+            problem = _option_error(cls, kwargs)
+            raise MethodConfigError(problem or f"method={cls.name}: {error}") from None
+        options = {k: v for k, v in bound.arguments.items() if k not in ("self", *NOT_OPTIONS)}
+        # lr = 0 is legitimate in library use (a frozen network); a run's lr > 0 is the
+        # harness's check (check_method_options).
+        problem = check_options(cls, options, "method", NOT_OPTIONS, optimizer_bounds=False)
+        if problem is not None:
+            raise MethodConfigError(problem)
+        return super().__call__(*args, **kwargs)
 
 
 def locate(path: str) -> Any:
@@ -235,7 +271,7 @@ class EpochMeans:
         self._counts.clear()
 
 
-class Method(ABC):
+class Method(metaclass=MethodMeta):
     """Base class of a learning rule.
 
     Subclasses implement :meth:`compute_update`; most also create ``self.optimizer`` for the

@@ -25,14 +25,14 @@ epochs of the loop's count, with ``torch.autograd.grad`` so no ``.grad`` is touc
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from typing import Annotated
 
 import torch
 
-from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.base import Method, make_optimizer, register_method
 from methods.losses import IGNORE_INDEX, Loss
 from methods.networks import RecurrentNetwork, State
+from methods.options import Bounds, OptimizerConfig
 
 
 def hidden_state_gradient_norms(
@@ -77,20 +77,12 @@ class BPTT(Method):
         self,
         model: RecurrentNetwork,
         loss: Loss,
-        optimizer: Mapping[str, Any],
-        clip_grad_norm: float | None = None,
-        probe_every: int = 1,
+        optimizer: OptimizerConfig,
+        clip_grad_norm: Annotated[float | None, Bounds(gt=0)] = None,
+        probe_every: Annotated[int, Bounds(ge=1)] = 1,
     ) -> None:
         super().__init__(model, loss)
         self.require_model(RecurrentNetwork, "rnn")
-        if clip_grad_norm is not None and not clip_grad_norm > 0:
-            raise MethodConfigError(
-                f"method.clip_grad_norm: must be > 0 or null, got {clip_grad_norm}"
-            )
-        if not isinstance(probe_every, int) or probe_every < 1:
-            raise MethodConfigError(
-                f"method.probe_every: must be an integer >= 1, got {probe_every}"
-            )
         self.clip_grad_norm = clip_grad_norm
         self.probe_every = probe_every
         self.optimizer = make_optimizer(model.parameters(), optimizer)
@@ -150,14 +142,12 @@ class TruncatedBPTT(BPTT):
         self,
         model: RecurrentNetwork,
         loss: Loss,
-        optimizer: Mapping[str, Any],
-        truncation: int = 10,
-        clip_grad_norm: float | None = None,
-        probe_every: int = 1,
+        optimizer: OptimizerConfig,
+        truncation: Annotated[int, Bounds(ge=1)] = 10,
+        clip_grad_norm: Annotated[float | None, Bounds(gt=0)] = None,
+        probe_every: Annotated[int, Bounds(ge=1)] = 1,
     ) -> None:
         super().__init__(model, loss, optimizer, clip_grad_norm, probe_every)
-        if not isinstance(truncation, int) or truncation < 1:
-            raise MethodConfigError(f"method.truncation: must be an integer >= 1, got {truncation}")
         self.truncation = truncation
 
     def segment_loss(

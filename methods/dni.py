@@ -26,17 +26,18 @@ while ``M_i`` predicts exactly zero, as its zero-initialised output layer does a
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.base import Method, make_optimizer, register_method
 from methods.geometry import cosine
 from methods.losses import CrossEntropy, Loss
 from methods.networks import MLP
+from methods.options import Bounds, OptimizerConfig
 
 
 class SyntheticGradientModule(nn.Module):
@@ -97,17 +98,13 @@ class DecoupledNeuralInterfaces(Method):
         self,
         model: MLP,
         loss: Loss,
-        optimizer: Mapping[str, Any],
-        synthetic_optimizer: Mapping[str, Any],
+        optimizer: OptimizerConfig,
+        synthetic_optimizer: OptimizerConfig,
         conditioned: bool = False,
-        hidden_sizes: Sequence[int] = (),
+        hidden_sizes: Annotated[Sequence[int], Bounds(ge=1)] = (),
     ) -> None:
         super().__init__(model, loss)
         self.require_model(MLP, "mlp")
-        if any(not isinstance(s, int) or s < 1 for s in hidden_sizes):
-            raise MethodConfigError(
-                f"method.hidden_sizes: must be positive integers, got {list(hidden_sizes)}"
-            )
         self.conditioned = conditioned
         context = model.output_size if conditioned else 0
         self.synthetic_modules = nn.ModuleList(

@@ -21,8 +21,8 @@ segment borders of the probe batch (a diagnostic only).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from methods.dni import SyntheticGradientModule
 from methods.geometry import cosine
 from methods.losses import Loss
 from methods.networks import RecurrentNetwork
+from methods.options import Bounds, OptimizerConfig
 
 
 @register_method("dni_rnn")
@@ -65,13 +66,13 @@ class RecurrentDNI(TruncatedBPTT):
         self,
         model: RecurrentNetwork,
         loss: Loss,
-        optimizer: Mapping[str, Any],
-        synthetic_optimizer: Mapping[str, Any],
-        truncation: int = 10,
-        synthetic_scale: float = 0.1,
-        hidden_sizes: Sequence[int] = (),
-        clip_grad_norm: float | None = None,
-        probe_every: int = 1,
+        optimizer: OptimizerConfig,
+        synthetic_optimizer: OptimizerConfig,
+        truncation: Annotated[int, Bounds(ge=1)] = 10,
+        synthetic_scale: Annotated[float, Bounds(ge=0)] = 0.1,
+        hidden_sizes: Annotated[Sequence[int], Bounds(ge=1)] = (),
+        clip_grad_norm: Annotated[float | None, Bounds(gt=0)] = None,
+        probe_every: Annotated[int, Bounds(ge=1)] = 1,
     ) -> None:
         super().__init__(model, loss, optimizer, truncation, clip_grad_norm, probe_every)
         if model.num_layers != 1 or model.cell_name not in ("rnn", "gru"):
@@ -79,8 +80,6 @@ class RecurrentDNI(TruncatedBPTT):
                 "method=dni_rnn supports one recurrent layer of model.cell=rnn or gru "
                 f"(got num_layers={model.num_layers}, cell={model.cell_name})"
             )
-        if not synthetic_scale >= 0:
-            raise MethodConfigError(f"method.synthetic_scale: must be >= 0, got {synthetic_scale}")
         self.synthetic_scale = synthetic_scale
         self.synthetic_module = SyntheticGradientModule(model.hidden_size, 0, hidden_sizes).to(
             next(model.parameters())

@@ -28,14 +28,14 @@ gradient is the harness's method-agnostic diagnostic ``alignment/layers.<l-1>.we
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
-from methods.base import Method, MethodConfigError, make_optimizer, register_method
+from methods.base import Method, make_optimizer, register_method
 from methods.losses import Loss
 from methods.networks import MLP
+from methods.options import OneOf, OptimizerConfig
 
 FEEDBACK = ("random", "symmetric")
 
@@ -67,16 +67,12 @@ class FeedbackAlignment(Method):
         self,
         model: MLP,
         loss: Loss,
-        optimizer: Mapping[str, Any],
-        feedback: str = "random",
+        optimizer: OptimizerConfig,
+        feedback: Annotated[str, OneOf(*FEEDBACK)] = "random",
         feedback_seed: int | None = None,
     ) -> None:
         super().__init__(model, loss)
         self.require_model(MLP, "mlp")
-        if feedback not in FEEDBACK:
-            raise MethodConfigError(
-                f"method.feedback: must be one of {', '.join(FEEDBACK)}, got {feedback!r}"
-            )
         self.feedback = feedback
         generator = torch.Generator()
         generator.manual_seed(
@@ -158,12 +154,11 @@ class DirectFeedbackAlignment(FeedbackAlignment):
         self,
         model: MLP,
         loss: Loss,
-        optimizer: Mapping[str, Any],
-        feedback: str = "random",
+        optimizer: OptimizerConfig,
+        # Symmetric feedback is not defined for DFA.
+        feedback: Annotated[str, OneOf("random")] = "random",
         feedback_seed: int | None = None,
     ) -> None:
-        if feedback != "random":
-            raise MethodConfigError("method.feedback: dfa only has random feedback")
         super().__init__(model, loss, optimizer, feedback, feedback_seed)
 
     def feedback_shapes(self) -> list[tuple[int, int]]:

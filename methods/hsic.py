@@ -26,8 +26,7 @@ Departures from the authors' code, with the reason: :class:`HSICBottleneck`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +35,7 @@ from methods.base import Method, MethodConfigError, make_optimizer, register_met
 from methods.hsic_estimators import ESTIMATORS, gaussian_kernel, median_sigma
 from methods.losses import CrossEntropy, Loss
 from methods.networks import MLP
+from methods.options import Bounds, OneOf, OptimizerConfig
 
 
 @register_method("hsic")
@@ -82,14 +82,14 @@ class HSICBottleneck(Method):
         self,
         model: MLP,
         loss: Loss,
-        optimizer: Mapping[str, Any],
-        format_optimizer: Mapping[str, Any],
-        beta: float = 50.0,
-        sigma: float = 5.0,
+        optimizer: OptimizerConfig,
+        format_optimizer: OptimizerConfig,
+        beta: Annotated[float, Bounds(gt=0)] = 50.0,
+        sigma: Annotated[float, Bounds(gt=0)] = 5.0,
         median_heuristic: bool = False,
-        estimator: str = "normalized",
-        epsilon: float = 1e-5,
-        format_fraction: float = 0.25,
+        estimator: Annotated[str, OneOf(*ESTIMATORS)] = "normalized",
+        epsilon: Annotated[float, Bounds(gt=0)] = 1e-5,
+        format_fraction: Annotated[float, Bounds(gt=0, lt=1)] = 0.25,
         rebuild_optimizers_each_step: bool = False,
     ) -> None:
         super().__init__(model, loss)
@@ -97,17 +97,6 @@ class HSICBottleneck(Method):
         if not isinstance(loss, CrossEntropy):
             raise MethodConfigError(
                 f"method=hsic needs a classification dataset (one-hot Y), got a {loss.name} loss"
-            )
-        for key, value in (("beta", beta), ("sigma", sigma), ("epsilon", epsilon)):
-            if not value > 0:
-                raise MethodConfigError(f"method.{key}: must be > 0, got {value}")
-        if estimator not in ESTIMATORS:
-            raise MethodConfigError(
-                f"method.estimator: must be one of {', '.join(ESTIMATORS)}, got {estimator!r}"
-            )
-        if not 0 < format_fraction < 1:
-            raise MethodConfigError(
-                f"method.format_fraction: must lie in (0, 1), got {format_fraction}"
             )
         self.beta, self.sigma, self.epsilon = beta, sigma, epsilon
         self.median_heuristic = median_heuristic

@@ -8,15 +8,13 @@ round-off: a live check of the autograd path on the exact data and model of a ru
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
 from methods.losses import CrossEntropy, Loss, MeanSquaredError
 from methods.networks import MLP
 from methods.numpy_reference import NumpyMLP
+from methods.options import OptimizerConfig
 
 
 @register_method("numpy_backprop")
@@ -32,7 +30,7 @@ class NumpyBackprop(Method):
         MethodConfigError: for a non-MLP model or an unsupported loss.
     """
 
-    def __init__(self, model: MLP, loss: Loss, optimizer: Mapping[str, Any]) -> None:
+    def __init__(self, model: MLP, loss: Loss, optimizer: OptimizerConfig) -> None:
         super().__init__(model, loss)
         self.require_model(MLP, "mlp")
         if isinstance(loss, CrossEntropy):

@@ -49,8 +49,7 @@ compare), and ``target_distance_layer{i}`` the mean of ``||h_i - h_hat_i||``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
-from typing import Any
+from typing import Annotated
 
 import torch
 from torch import nn
@@ -58,6 +57,7 @@ from torch import nn
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
 from methods.losses import Loss
 from methods.networks import ACTIVATIONS, MLP
+from methods.options import Bounds, OneOf, OptimizerConfig
 
 SCHEDULES = ("per_batch", "alternating")
 INVERSE_INITS = ("orthogonal", "default")
@@ -116,42 +116,22 @@ class DifferenceTargetPropagation(Method):
         self,
         model: MLP,
         loss: Loss,
-        forward_optimizer: Mapping[str, Any],
-        feedback_optimizer: Mapping[str, Any],
-        target_stepsize: float = 0.327736,
-        noise_std: float = 0.359830,
-        inverse_activation: str = "same",
-        inverse_init: str = "orthogonal",
-        schedule: str = "per_batch",
-        feedback_pretrain_epochs: int = 0,
-        top_target_layer: str = "last_hidden",
+        forward_optimizer: OptimizerConfig,
+        feedback_optimizer: OptimizerConfig,
+        target_stepsize: Annotated[float, Bounds(gt=0)] = 0.327736,
+        noise_std: Annotated[float, Bounds(ge=0)] = 0.359830,
+        inverse_activation: Annotated[str, OneOf("same", *ACTIVATIONS)] = "same",
+        inverse_init: Annotated[str, OneOf(*INVERSE_INITS)] = "orthogonal",
+        schedule: Annotated[str, OneOf(*SCHEDULES)] = "per_batch",
+        feedback_pretrain_epochs: Annotated[int, Bounds(ge=0)] = 0,
+        top_target_layer: Annotated[str, OneOf(*TOP_TARGET_LAYERS)] = "last_hidden",
     ) -> None:
         super().__init__(model, loss)
         self.require_model(MLP, "mlp")
-        if not target_stepsize > 0:
-            raise MethodConfigError(f"method.target_stepsize: must be > 0, got {target_stepsize}")
-        if not (noise_std > 0 if self.requires_noise else noise_std >= 0):
-            bound = "> 0 (the loss is scaled by 1/sigma^2)" if self.requires_noise else ">= 0"
-            raise MethodConfigError(f"method.noise_std: must be {bound}, got {noise_std}")
-        if inverse_activation != "same" and inverse_activation not in ACTIVATIONS:
+        # The one bound that differs between the two classes sharing this signature.
+        if self.requires_noise and not noise_std > 0:
             raise MethodConfigError(
-                f"method.inverse_activation: must be 'same' or one of {', '.join(ACTIVATIONS)}, "
-                f"got {inverse_activation!r}"
-            )
-        if inverse_init not in INVERSE_INITS:
-            raise MethodConfigError(
-                f"method.inverse_init: must be one of {INVERSE_INITS}, got {inverse_init!r}"
-            )
-        if schedule not in SCHEDULES:
-            raise MethodConfigError(
-                f"method.schedule: must be one of {', '.join(SCHEDULES)}, got {schedule!r}"
-            )
-        if not isinstance(feedback_pretrain_epochs, int) or feedback_pretrain_epochs < 0:
-            raise MethodConfigError("method.feedback_pretrain_epochs: must be an integer >= 0")
-        if top_target_layer not in TOP_TARGET_LAYERS:
-            raise MethodConfigError(
-                f"method.top_target_layer: must be one of {', '.join(TOP_TARGET_LAYERS)}, "
-                f"got {top_target_layer!r}"
+                f"method.noise_std: must be > 0 (the loss is scaled by 1/sigma^2), got {noise_std}"
             )
         self.target_stepsize = target_stepsize
         self.noise_std = noise_std

@@ -10,6 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+import experiments.schema  # noqa: F401 (stores the schema that conf/config.yaml starts from)
+
 # The integration tests' services (PostgreSQL + MLflow server, SLURM), registered once here so
 # that a session starts each at most once.
 from tests.services import server, server_uri, services_dir, slurm_env  # noqa: F401

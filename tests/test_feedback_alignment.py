@@ -101,7 +101,9 @@ def test_angle_helper():
 
 
 def test_dfa_has_no_symmetric_feedback():
-    with pytest.raises(MethodConfigError, match="dfa only has random feedback"):
+    with pytest.raises(
+        MethodConfigError, match="^method.feedback: must be one of random, got 'symmetric'$"
+    ):
         build_method(
             "dfa", MLP(4, [5], 3), CrossEntropy(), {"optimizer": SGD, "feedback": "symmetric"}
         )

@@ -6,8 +6,9 @@ import mlflow
 import pytest
 
 from experiments.schedule import make_schedulers
+from experiments.schema import validate_config
 from experiments.train import TrialDiverged, objective, run
-from experiments.validation import ConfigError, validate_config
+from experiments.validation import ConfigError
 from methods import build_method
 from methods.losses import CrossEntropy
 from methods.networks import MLP

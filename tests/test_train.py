@@ -9,8 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from experiments.schema import validate_config
 from experiments.train import run
-from experiments.validation import ConfigError, validate_config
+from experiments.validation import ConfigError
 from methods import register_method
 from methods.backprop import Backprop
 from tests.test_data import write_tiny_cifar, write_tiny_idx
@@ -90,13 +91,12 @@ def test_validation_split_metrics(make_config):
         ("method.optimizer.lr=-0.1", "method.optimizer.lr: learning rate must be > 0"),
         ("model.hidden_sizes=[]", "model.hidden_sizes: must be a non-empty list"),
         ("train.batch_size=0", "train.batch_size: must be an integer >= 1, got 0"),
-        ("train.epochs=1.5", "train.epochs: must be an integer >= 1"),
         ("data.val_fraction=1.5", "data.val_fraction: must lie in [0, 1)"),
         ("device=tpu", "device: must be one of"),
         ("seed=???", "seed: missing mandatory value"),
         ("+method.momentum=0.9", "method.momentum: method 'backprop' has no option"),
         ("method.name=nope", "method.name: unknown method 'nope'"),
-        ("+train.epoch=3", "train.epoch: unknown key; train has only: batch_size, epochs"),
+        ("+train.epoch=3", "train.epoch: unknown key; train has only: batch_size, checkpoint"),
         ("+foo=1", "foo: unknown key; the top level has only"),
         ("+mlflow.experiment=x", "mlflow.experiment: unknown key"),
         ("cpu_threads=0", "cpu_threads: must be an integer >= 1"),

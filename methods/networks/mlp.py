@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from torch import nn
+
+from methods.options import Bounds, NonEmpty, OneOf
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -130,9 +133,9 @@ class MLP(nn.Module):
 def build_mlp(
     input_shape: Sequence[int],
     output_size: int,
-    hidden_sizes: Sequence[int],
-    activation: str = "relu",
-    init: str = "default",
+    hidden_sizes: Annotated[Sequence[int], NonEmpty(), Bounds(ge=1)],
+    activation: Annotated[str, OneOf(*ACTIVATIONS)] = "relu",
+    init: Annotated[str, OneOf(*INITS)] = "default",
 ) -> MLP:
     """Build the shared MLP (see :class:`MLP`) for inputs of ``input_shape``, flattened.
 
