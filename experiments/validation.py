@@ -38,6 +38,7 @@ KNOWN_KEYS = {
         "data",
         "diagnostics",
         "tuned",
+        "resume",
     },
     "train": {
         "epochs",
@@ -48,6 +49,8 @@ KNOWN_KEYS = {
         "lr_step_factor",
         "objective",
         "objective_seeds",
+        "checkpoint_every",
+        "checkpoint_dir",
     },
     "diagnostics": {"every_steps", "probe_size"},
     "mlflow": {"tracking_uri", "experiment_name", "run_name"},

@@ -96,7 +96,7 @@ def test_validation_split_metrics(make_config):
         ("seed=???", "seed: missing mandatory value"),
         ("+method.momentum=0.9", "method.momentum: method 'backprop' has no option"),
         ("method.name=nope", "method.name: unknown method 'nope'"),
-        ("+train.epoch=3", "train.epoch: unknown key; train has only: batch_size, epochs"),
+        ("+train.epoch=3", "train.epoch: unknown key; train has only: batch_size, checkpoint"),
         ("+foo=1", "foo: unknown key; the top level has only"),
         ("+mlflow.experiment=x", "mlflow.experiment: unknown key"),
         ("cpu_threads=0", "cpu_threads: must be an integer >= 1"),
