@@ -18,6 +18,7 @@ from experiments.checkpoint import CHECKPOINT_FILE, capture_rng, load_checkpoint
 from experiments.errors import ConfigError
 from experiments.tracking import make_client
 from experiments.train import run
+from methods import available_methods
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Wall-clock metrics differ between any two runs; everything else must be equal.
@@ -258,3 +259,63 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     torch.save(state, tmp_path / "rng.pt")
     restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
+
+
+def build(name: str, seed: int = 0):
+    """Method ``name`` on a tiny network and its data (``from experiments.train`` builders)."""
+    from hydra import compose, initialize_config_dir
+
+    from experiments.train import _options, build_model, load_data
+    from methods import build_method
+    from methods.losses import loss_for_task
+
+    recurrent = name in ("bptt", "tbptt", "dni_rnn")
+    shape = (
+        ("model=rnn", "data=adding", "data.length=10", "data.num_train=40", "data.num_test=10")
+        if recurrent
+        else ("data=digits", "model.hidden_sizes=[8,8]")
+    )
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"method={name}", "~tuned", *shape])
+    data = load_data(cfg)
+    torch.manual_seed(seed)
+    model = build_model(cfg, data)
+    method = build_method(
+        name, model, loss_for_task(data.task, data.tolerance), _options(cfg.method, ("name",))
+    )
+    return method, data
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_state_goes_through_a_weights_only_file_and_steps_on_identically(
+    name, tmp_path
+):
+    """After 2 steps, a fresh method loading the saved state takes the same 3rd step."""
+    original, data = build(name)
+    original.on_train_start(3, 2)
+    x, y = data.x_train[:20], data.y_train[:20]
+    for start in (0, 20):
+        original.step(data.x_train[start : start + 20], data.y_train[start : start + 20])
+    torch.save(
+        {"model": original.model.state_dict(), "method": original.state_dict()}, tmp_path / "s.pt"
+    )
+    saved = torch.load(tmp_path / "s.pt", weights_only=True)
+    copy, _ = build(name, seed=1)  # other initial weights: all must come from the file
+    copy.on_train_start(3, 2)
+    copy.model.load_state_dict(saved["model"])
+    copy.load_state_dict(saved["method"])
+    assert_same_state(copy.state_dict(), original.state_dict())
+    rng = torch.get_rng_state()
+    original.step(x, y)
+    torch.set_rng_state(rng)  # dtp's noise: the same draws for both
+    copy.step(x, y)
+    for (key, a), b in zip(original.model.state_dict().items(), copy.model.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert_same_state(copy.state_dict(), original.state_dict())
+
+
+def test_a_method_attribute_that_cannot_be_saved_is_named():
+    method, _ = build("backprop")
+    method.cache = object()
+    with pytest.raises(TypeError, match=r"^Backprop.cache: cannot checkpoint a object"):
+        method.state_dict()
