@@ -15,10 +15,12 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from experiments.checkpoint import capture_rng, restore_rng
 from experiments.data import Dataset, minibatches
 from experiments.diagnostics import UpdateDiagnostics
 from experiments.schedule import make_schedulers
@@ -76,6 +78,9 @@ def fit(
     lr_schedule: str = "none",
     lr_step_epochs: int = 8,
     lr_step_factor: float = 0.5,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume_from: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train ``method`` on ``data`` for ``epochs`` passes and evaluate after each.
 
@@ -109,6 +114,13 @@ def fit(
             optimiser's rate during the epoch) is logged per epoch.
         lr_step_epochs: epochs between two steps of the ``step`` schedule.
         lr_step_factor: the ``step`` schedule's factor.
+        checkpoint_every: with ``on_checkpoint``, call it every this many epochs (0: never).
+        on_checkpoint: called with the loop's state (:func:`loop_state`) once an epoch is
+            logged and its accumulators cleared, i.e. as the next epoch would start.
+        resume_from: a state :func:`loop_state` returned in an earlier process for the same
+            method, data and options: training goes on with the epoch after it and ends with
+            the same weights and metrics as a run never interrupted (the method is built
+            afresh, gets :meth:`~Method.on_train_start`, then its saved state).
 
     Returns:
         The last epoch's metrics.
@@ -126,7 +138,12 @@ def fit(
     schedulers = make_schedulers(
         method.optimizers(), lr_schedule, epochs, lr_step_epochs, lr_step_factor
     )
-    for epoch in tqdm(range(1, epochs + 1), desc="epochs", disable=disable, unit="epoch"):
+    done = 0
+    if resume_from is not None:
+        done, step, metrics = restore_loop_state(resume_from, method, schedulers, generator)
+    for epoch in tqdm(
+        range(done + 1, epochs + 1), desc="epochs", disable=disable, unit="epoch", initial=done
+    ):
         method.on_epoch_start(epoch)
         sums: dict[str, float] = defaultdict(float)
         probing = 0.0  # diagnostics time, not counted as training time
@@ -181,4 +198,61 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         method.reset_epoch_metrics()
+        if on_checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0:
+            on_checkpoint(loop_state(epoch, step, metrics, method, schedulers, generator))
     return metrics
+
+
+def loop_state(
+    epoch: int,
+    step: int,
+    metrics: Mapping[str, float],
+    method: Method,
+    schedulers: list[Any],
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """Everything :func:`fit` needs to go on after ``epoch`` as if it had never stopped.
+
+    The epoch and update count, that epoch's metrics (returned if nothing is left to train),
+    the model's and the method's state (:meth:`~methods.base.Method.state_dict`), the
+    schedulers', the batch generator's and the global random states
+    (:func:`experiments.checkpoint.capture_rng`): plain data and tensors only.
+    """
+    return {
+        "epoch": epoch,
+        "step": step,
+        "metrics": dict(metrics),
+        "model": method.model.state_dict(),
+        "method": method.state_dict(),
+        "schedulers": [scheduler.state_dict() for scheduler in schedulers],
+        "generator": generator.get_state(),
+        "rng": capture_rng(),
+    }
+
+
+def restore_loop_state(
+    state: Mapping[str, Any],
+    method: Method,
+    schedulers: list[Any],
+    generator: torch.Generator,
+) -> tuple[int, int, dict[str, float]]:
+    """Load a :func:`loop_state` into a freshly built method, its schedulers and generator.
+
+    Returns:
+        ``(epochs done, update count, last metrics)``.
+
+    Raises:
+        ValueError: if the schedulers or the method's state do not match the saved ones.
+    """
+    if len(state["schedulers"]) != len(schedulers):
+        raise ValueError(
+            f"the checkpoint has {len(state['schedulers'])} learning-rate schedulers, "
+            f"this run {len(schedulers)}"
+        )
+    method.model.load_state_dict(state["model"])
+    method.load_state_dict(state["method"])
+    for scheduler, saved in zip(schedulers, state["schedulers"]):
+        scheduler.load_state_dict(saved)
+    generator.set_state(state["generator"].cpu())
+    restore_rng(state["rng"])
+    return int(state["epoch"]), int(state["step"]), dict(state["metrics"])

@@ -78,8 +78,10 @@ class TrainConfig:
     lr_step_factor: float = checked(Bounds(gt=0, le=1))
     objective: Optional[str] = MISSING  # noqa: UP045
     objective_seeds: List[int] = MISSING  # noqa: UP006
-    # Epochs between two checkpoints; 0 = none (resume support, added in parallel).
+    # Epochs between two checkpoints; 0 = none (docs/resume.md).
     checkpoint_every: int = checked(Bounds(ge=0), default=0)
+    # Where checkpoints go; null: <Hydra output dir>/checkpoints.
+    checkpoint_dir: Optional[str] = checked(NonEmpty(), default=None)  # noqa: UP045
 
 
 @dataclass
@@ -104,8 +106,8 @@ class RunConfig:
     """The whole run config; ``method``, ``model`` and ``data`` get their group's schema.
 
     The values live in ``conf/config.yaml`` (with the reason for each); this class only says
-    what each key accepts. ``resume`` (a run id or a checkpoint path, added in parallel) has its
-    default here.
+    what each key accepts. ``resume`` (a run id, a checkpoint path or ``auto``:
+    docs/resume.md) has its default here.
     """
 
     seed: int = checked(Bounds(ge=0))
@@ -114,7 +116,7 @@ class RunConfig:
     deterministic: bool = MISSING
     cpu_threads: Optional[int] = checked(Bounds(ge=1))  # noqa: UP045
     tuned: Optional[Dict[str, Any]] = MISSING  # noqa: UP006, UP045
-    resume: Optional[str] = None  # noqa: UP045
+    resume: Optional[str] = checked(NonEmpty(), default=None)  # noqa: UP045
     train: TrainConfig = field(default_factory=TrainConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)

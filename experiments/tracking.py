@@ -314,6 +314,8 @@ def git_state() -> dict[str, str]:
 HOST_TAG = "host"
 PID_TAG = "pid"
 PID_START_TAG = "pid_start"
+# How many times a run was resumed (resume=), set on the run when it is reopened.
+RESUMED_TAG = "resumed"
 
 
 def process_start(pid: int) -> str | None:
@@ -573,14 +575,28 @@ class RunTracker:
         cfg: the composed run config (the ``hydra`` node is ignored if present).
         tags: extra tags (method, data, model, seed, device, ...).
         hydra_info: ``{"overrides": [...], "sweep_dir": str | None, "output_dir": str | None}``.
+        resume_run_id: reopen this existing run instead of creating one (``resume=``, see
+            docs/resume.md): it becomes ``RUNNING`` again, owned by this process (its
+            :func:`process_tags`), counted in its ``resumed`` tag, its ``failure_reason`` tag
+            is removed, and its params, artifacts and other tags stay as they are. A metric
+            the run already holds at a step (logged after the checkpoint, before the kill) is
+            not logged again at that step: MLflow cannot delete values, and a second one would
+            make two values of one step.
     """
 
     def __init__(
-        self, cfg: DictConfig, tags: Mapping[str, str], hydra_info: Mapping[str, Any]
+        self,
+        cfg: DictConfig,
+        tags: Mapping[str, str],
+        hydra_info: Mapping[str, Any],
+        resume_run_id: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.tags = dict(tags)
         self.hydra_info = dict(hydra_info)
+        self.resume_run_id = resume_run_id
+        # On a reopened run: {metric: steps it already holds}, not logged again.
+        self.logged: dict[str, set[int]] = {}
         self.client: Any = None
         self.run_id: str | None = None
         self.experiment_id: str | None = None
@@ -600,6 +616,9 @@ class RunTracker:
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
         self.client = make_client(self.cfg.mlflow.tracking_uri)
+        if self.resume_run_id is not None:
+            self._reopen(self.resume_run_id)
+            return
         experiment_id = get_or_create_experiment(self.client, self.cfg.mlflow.experiment_name)
         tags = {ROLE_TAG: "job", **git_state(), **process_tags(), **self.tags}
         sweep_dir = self.hydra_info.get("sweep_dir")
@@ -630,14 +649,44 @@ class RunTracker:
         )
         log.info("MLflow run %s in experiment %r", self.run_id, self.cfg.mlflow.experiment_name)
 
+    def _reopen(self, run_id: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            raise ConfigError(
+                f"resume: no run {run_id} in the store {self.cfg.mlflow.tracking_uri}"
+            ) from None
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        if FAILURE_TAG in run.data.tags:
+            self.client.delete_tag(run_id, FAILURE_TAG)
+        self.logged = {
+            key: {m.step for m in self.client.get_metric_history(run_id, key)}
+            for key in run.data.metrics
+        }
+        resumes = int(run.data.tags.get(RESUMED_TAG, "0")) + 1
+        for key, value in {**process_tags(), RESUMED_TAG: str(resumes)}.items():
+            self.client.set_tag(run_id, key, value)
+        log.info("MLflow run %s reopened (resume number %d)", run_id, resumes)
+
     @held_interrupts()
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log scalar metrics at ``step`` (epoch number for per-epoch metrics)."""
+        """Log scalar metrics at ``step`` (epoch number for per-epoch metrics).
+
+        On a reopened run, metrics it already holds at ``step`` are skipped (see the class).
+        """
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        batch = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if step not in self.logged.get(k, ())
+        ]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
 
     @held_interrupts()
     def log_torch(self, obj: Any, filename: str) -> None:

@@ -45,10 +45,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.checkpoint import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_TAG,
+    check_options,
+    checkpoint_folder,
+    comparable_config,
+    resume_checkpoint,
+    save_checkpoint,
+)
 from experiments.data import Dataset, DataUnavailableError, carve_validation
 from experiments.dataset_input import training_input
 from experiments.diagnostics import UpdateDiagnostics
-from experiments.interrupts import deliver_interrupts, exit_status, signal_of
+from experiments.interrupts import deliver_interrupts, exit_status, held_interrupts, signal_of
 from experiments.loop import Diverged, fit
 from experiments.process_state import restore_baseline, set_blas_threads
 from experiments.schema import DATA_HARNESS_KEYS, schema_keys, validate_config
@@ -222,6 +231,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if HydraConfig.initialized():
         check_tuned_choice(HydraConfig.get().runtime.choices, CONF_DIR / "tuned")
     validate_config(cfg)
+    check_options(cfg)
     check_store(cfg.mlflow.tracking_uri)
     if HydraConfig.initialized():
         note = tuned_note(cfg, HydraConfig.get().runtime.choices, CONF_DIR / "tuned")
@@ -245,6 +255,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(str(error)) from None
     check_compatible(method, data, cfg)
     info = _hydra_info()
+    folder = checkpoint_folder(cfg, info.get("output_dir"))
+    resumed = resume_checkpoint(cfg, folder, device)
+    path, checkpoint = resumed if resumed is not None else (None, None)
     tags = {
         "method": cfg.method.name,
         "data": cfg.data.name,
@@ -267,10 +280,28 @@ def run(cfg: DictConfig) -> dict[str, float]:
         cfg.train.epochs,
         device,
     )
-    with deliver_interrupts(), RunTracker(cfg, tags, info) as tracker:
-        tracker.log_dataset(logged_data)
-        for filename, obj in method.artifacts().items():
-            tracker.log_torch(obj, filename)
+    resume_run_id = checkpoint["run_id"] if checkpoint is not None else None
+    with deliver_interrupts(), RunTracker(cfg, tags, info, resume_run_id) as tracker:
+        if checkpoint is None:
+            tracker.log_dataset(logged_data)
+            for filename, obj in method.artifacts().items():
+                tracker.log_torch(obj, filename)
+            path = folder / tracker.run_id / CHECKPOINT_FILE
+        else:
+            log.info(
+                "resuming run %s after epoch %d (%s)",
+                resume_run_id,
+                checkpoint["loop"]["epoch"],
+                path,
+            )
+        if cfg.train.checkpoint_every:
+            tracker.set_tag(CHECKPOINT_TAG, str(path))
+        config = comparable_config(cfg)
+
+        def write_checkpoint(state: dict[str, Any]) -> None:
+            with held_interrupts():  # a Ctrl-C then leaves no temporary file behind
+                save_checkpoint({"loop": state, "run_id": tracker.run_id, "config": config}, path)
+
         try:
             final = fit(
                 method,
@@ -285,6 +316,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 lr_schedule=cfg.train.lr_schedule,
                 lr_step_epochs=cfg.train.lr_step_epochs,
                 lr_step_factor=cfg.train.lr_step_factor,
+                checkpoint_every=cfg.train.checkpoint_every,
+                on_checkpoint=write_checkpoint,
+                resume_from=checkpoint["loop"] if checkpoint is not None else None,
             )
         except Diverged as error:
             log.error("run diverged: %s", error)

@@ -28,6 +28,11 @@ The loop drives a method through these calls, in this order (the lifecycle contr
         step(x, y) for each batch             # compute_update, then apply_update
         epoch_metrics()                       # pure getter, read once the epoch is trained
         reset_epoch_metrics()                 # after the epoch was logged: clear accumulators
+        state_dict()                          # a checkpoint, every train.checkpoint_every epochs
+
+A resumed run builds the method afresh from the same config, calls ``on_train_start`` with the
+same budget, then :meth:`Method.load_state_dict` with what :meth:`Method.state_dict` returned at
+the end of the checkpointed epoch, and goes on with the next epoch.
 
 A method never counts epochs itself: it reads :attr:`Method.epoch`, which the loop sets. Its
 per-epoch scalars accumulate during the epoch (in :attr:`Method.means`, an :class:`EpochMeans`)
@@ -256,6 +261,16 @@ class EpochMeans:
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
 
+    def state_dict(self) -> dict[str, dict[str, float | int]]:
+        """The sums and counts so far, as plain dicts (for a checkpoint)."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, float | int]]) -> None:
+        """Replace the sums and counts by those of :meth:`state_dict`."""
+        self.reset()
+        self._sums.update(state["sums"])
+        self._counts.update(state["counts"])
+
     def add(self, key: str, value: float) -> None:
         """Record one value of ``key``."""
         self._sums[key] += value
@@ -297,6 +312,9 @@ class Method(metaclass=MethodMeta):
     name: ClassVar[str] = "abstract"
     # False for a method that replaces its optimiser objects during training (see optimizers()).
     persistent_optimizers: bool = True
+    # Attributes that carry nothing from one step to the next (rebuilt from the config), which
+    # state_dict() leaves out; any other attribute of a type it cannot save is an error.
+    transient_attributes: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, model: nn.Module, loss: Loss) -> None:
         self.model = model
@@ -442,3 +460,78 @@ class Method(metaclass=MethodMeta):
         it here too, and an override must call this implementation.
         """
         self.means.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this method carries between steps, except the model, for a checkpoint.
+
+        The default saves every instance attribute but ``model`` and ``loss`` (the checkpoint
+        saves the model itself; the loss has no state) and those in
+        :attr:`transient_attributes`: modules and optimisers by their ``state_dict()``,
+        :class:`EpochMeans` by theirs, tensors, ``None``, numbers, strings, and lists, tuples
+        and string-keyed dicts of these (e.g. per-layer optimisers, feedback matrices, the
+        probe batch, vote counts, :attr:`epoch`). The result holds only what
+        ``torch.load(weights_only=True)`` accepts.
+
+        Raises:
+            TypeError: naming the attribute, for one of any other type (a method keeping such
+                state lists it in :attr:`transient_attributes` or overrides this pair).
+        """
+        return {
+            key: _export(value, f"{type(self).__name__}.{key}")
+            for key, value in vars(self).items()
+            if key not in _NOT_METHOD_STATE and key not in self.transient_attributes
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, on a method built from the same config.
+
+        Modules, optimisers and :class:`EpochMeans` are loaded in place (so optimisers keep
+        their parameters and any learning-rate scheduler attached to them); other values
+        replace the attribute. Tensors are expected on the model's device already
+        (``torch.load(..., map_location=device)``).
+
+        Raises:
+            ValueError: if ``state`` lacks an attribute of this method or has one it does not.
+        """
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(
+                f"method={self.name}: checkpoint state does not match the method "
+                f"(missing: {missing or 'none'}, unexpected: {extra or 'none'})"
+            )
+        for key, value in state.items():
+            setattr(self, key, _restore(getattr(self, key), value))
+
+
+# Attributes the default Method.state_dict leaves out: the checkpoint saves the model itself.
+_NOT_METHOD_STATE = frozenset({"model", "loss"})
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _export(value: Any, where: str) -> Any:
+    """``value`` as plain data for a checkpoint (see :meth:`Method.state_dict`)."""
+    if isinstance(value, nn.Module | torch.optim.Optimizer | EpochMeans):
+        return value.state_dict()
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, _PLAIN):
+        return value
+    if type(value) in (list, tuple):
+        return type(value)(_export(item, f"{where}[{i}]") for i, item in enumerate(value))
+    if type(value) is dict and all(isinstance(k, str) for k in value):
+        return {k: _export(v, f"{where}.{k}") for k, v in value.items()}
+    raise TypeError(
+        f"{where}: cannot checkpoint a {type(value).__name__}; list it in "
+        "transient_attributes if it carries nothing between steps, else override state_dict"
+    )
+
+
+def _restore(live: Any, saved: Any) -> Any:
+    """The attribute's new value: ``live`` loaded in place, or ``saved`` itself."""
+    if isinstance(live, nn.Module | torch.optim.Optimizer | EpochMeans):
+        live.load_state_dict(saved)
+        return live
+    if type(live) in (list, tuple) and len(live) == len(saved):
+        return type(live)(_restore(a, b) for a, b in zip(live, saved))
+    return saved

@@ -78,6 +78,9 @@ class HSICBottleneck(Method):
         MethodConfigError: for a non-MLP model, a non-classification loss or bad options.
     """
 
+    # Its estimator (a tuple of functions) is rebuilt from the config.
+    transient_attributes = frozenset({"hsic_estimator"})
+
     def __init__(
         self,
         model: MLP,

@@ -30,6 +30,9 @@ class NumpyBackprop(Method):
         MethodConfigError: for a non-MLP model or an unsupported loss.
     """
 
+    # The NumPy network is overwritten from the model at every step: nothing to save.
+    transient_attributes = frozenset({"reference"})
+
     def __init__(self, model: MLP, loss: Loss, optimizer: OptimizerConfig) -> None:
         super().__init__(model, loss)
         self.require_model(MLP, "mlp")

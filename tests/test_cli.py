@@ -64,8 +64,9 @@ def test_typo_in_a_key_is_named_with_the_valid_keys(tmp_path, tracking_uri):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     # Not Hydra's "use +train.epoch=3" hint, which only leads to a second error.
     assert result.stderr.strip().splitlines() == [
-        "error: train.epoch: unknown key; train has only: batch_size, checkpoint_every, epochs, "
-        "eval_batch_size, lr_schedule, lr_step_epochs, lr_step_factor, objective, objective_seeds"
+        "error: train.epoch: unknown key; train has only: batch_size, checkpoint_dir, "
+        "checkpoint_every, epochs, eval_batch_size, lr_schedule, lr_step_epochs, lr_step_factor, "
+        "objective, objective_seeds"
     ]
 
 
