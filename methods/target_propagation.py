@@ -109,8 +109,9 @@ class DifferenceTargetPropagation(Method):
         MethodConfigError: for a non-MLP model or out-of-range options.
     """
 
-    # DRL divides its feedback loss by sigma^2, so it needs sigma > 0.
+    # DRL divides its feedback loss by sigma^2, so it needs sigma > 0 (noise_reason says why).
     requires_noise = False
+    noise_reason = "the loss is scaled by 1/sigma^2"
 
     def __init__(
         self,
@@ -131,7 +132,7 @@ class DifferenceTargetPropagation(Method):
         if not target_stepsize > 0:
             raise MethodConfigError(f"method.target_stepsize: must be > 0, got {target_stepsize}")
         if not (noise_std > 0 if self.requires_noise else noise_std >= 0):
-            bound = "> 0 (the loss is scaled by 1/sigma^2)" if self.requires_noise else ">= 0"
+            bound = f"> 0 ({self.noise_reason})" if self.requires_noise else ">= 0"
             raise MethodConfigError(f"method.noise_std: must be {bound}, got {noise_std}")
         if inverse_activation != "same" and inverse_activation not in ACTIVATIONS:
             raise MethodConfigError(
@@ -241,13 +242,20 @@ class DifferenceTargetPropagation(Method):
         if self.top > self.num_hidden:
             output = h[-1].detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.loss(output, y), [output])
-            return (output - self.target_stepsize * grad).detach(), None
+            return (output - self.top_step(len(output)) * grad).detach(), None
         h_top = h[self.top].detach().requires_grad_(True)
         head = self.model.layers[-1]
         grad_h, grad_w, grad_b = torch.autograd.grad(
             self.loss(head(h_top), y), [h_top, head.weight, head.bias]
         )
-        return (h_top - self.target_stepsize * grad_h).detach(), (grad_w, grad_b)
+        return (h_top - self.top_step(len(h_top)) * grad_h).detach(), (grad_w, grad_b)
+
+    def top_step(self, batch: int) -> float:
+        """Factor on ``dL/dh_K`` (``L`` the batch mean) in the top target: ``eta_hat``.
+
+        ``batch``: the batch size (a subclass that steps on the summed loss multiplies by it).
+        """
+        return self.target_stepsize
 
     def forward_update(
         self, h: list[torch.Tensor], targets: list[torch.Tensor | None]
