@@ -34,7 +34,9 @@ class NumpyBackprop(Method):
 
     def __init__(self, model: MLP, loss: Loss, optimizer: Mapping[str, Any]) -> None:
         super().__init__(model, loss)
-        self.require_model(MLP, "mlp")
+        self.require_model(
+            MLP, "mlp", why="the NumPy reference has no convolution (it is fully connected only)"
+        )
         if isinstance(loss, CrossEntropy):
             output_activation, loss_name = "softmax", "cross_entropy"
         elif isinstance(loss, MeanSquaredError):
