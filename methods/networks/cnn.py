@@ -7,7 +7,8 @@ layer-local rules need every layer's input, pre-activation and output:
 
 * ``model.layers[i](h)``: layer ``i``'s output from its input (0-based);
 * ``model.layers[i].forward_parts(h)``: its :class:`LayerParts` (pre-activation, activation,
-  output and max-pooling switches);
+  output and max-pooling switches); ``.pre(h)`` the pre-activation alone and
+  ``.after_affine(a)`` the rest of the layer (activation, pooling) from it;
 * ``model.layers[i].affine_with(h, weight)``: its convolution or linear map with another weight
   (a feedback kernel ``B`` in place of ``W``: :mod:`methods.feedback_alignment`);
 * ``model.forward_layers(x)``: every layer's output, as the MLP's.
@@ -111,6 +112,14 @@ class ConvBlock(nn.Module):
         """The convolution of ``h`` with another kernel ``weight`` (shaped like ``conv.weight``)."""
         return F.conv2d(h, weight, bias, self.conv.stride, self.conv.padding)
 
+    def pre(self, h: torch.Tensor) -> torch.Tensor:
+        """The pre-activation ``a = conv(h)`` ``(batch, C_out, H, W)``."""
+        return self.conv(h)
+
+    def after_affine(self, a: torch.Tensor) -> torch.Tensor:
+        """The block's output from its pre-activation: ``pool(f(a))``."""
+        return self.pool(self.activation(a))
+
     def forward_parts(self, h: torch.Tensor) -> LayerParts:
         """:class:`LayerParts` of ``h`` ``(batch, C_in, H, W)``, with max-pooling switches."""
         pre = self.conv(h)
@@ -153,6 +162,14 @@ class LinearBlock(nn.Module):
     ) -> torch.Tensor:
         """``flatten(h) weight^T (+ bias)`` with another matrix shaped like ``linear.weight``."""
         return F.linear(h.flatten(1), weight, bias)
+
+    def pre(self, h: torch.Tensor) -> torch.Tensor:
+        """The pre-activation ``a = W flatten(h) + b`` ``(batch, out_features)``."""
+        return self.linear(h.flatten(1))
+
+    def after_affine(self, a: torch.Tensor) -> torch.Tensor:
+        """The layer's output from its pre-activation: ``f(a)``."""
+        return self.activation(a)
 
     def forward_parts(self, h: torch.Tensor) -> LayerParts:
         """:class:`LayerParts` of ``h`` (no pooling: ``output is post``)."""
