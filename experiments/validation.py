@@ -232,11 +232,14 @@ def validate_config(cfg: DictConfig) -> None:
         _require_int(plain, key, 1)
     _require_int(plain, "diagnostics.every_steps", 0)
     hidden = _get(plain, "model.hidden_sizes")
+    # A conv net (it has conv blocks, model.channels) may go straight to its output layer.
+    conv = "channels" in plain["model"]
     if "hidden_sizes" in plain["model"] and not (
-        isinstance(hidden, list) and hidden and all(_is_int(h) and h >= 1 for h in hidden)
+        isinstance(hidden, list) and (hidden or conv) and all(_is_int(h) and h >= 1 for h in hidden)
     ):
         raise ConfigError(
-            f"model.hidden_sizes: must be a non-empty list of positive integers, got {hidden!r}"
+            f"model.hidden_sizes: must be a {'' if conv else 'non-empty '}list of positive "
+            f"integers, got {hidden!r}"
         )
     fraction = _get(plain, "data.val_fraction", 0.0)
     if not _is_number(fraction) or not 0.0 <= fraction < 1.0:

@@ -103,7 +103,9 @@ class AlternatingMinimization(Method):
         top_code_loss: str = "scaled_loss",
     ) -> None:
         super().__init__(model, loss)
-        self.require_model(MLP, "mlp")
+        self.require_model(
+            MLP, "mlp", why="codes for conv layers (and their pooling) are not implemented"
+        )
         values = {
             "mu": mu,
             "code_lr": code_lr,
