@@ -48,6 +48,7 @@ import torch
 from methods.base import MethodConfigError, register_method
 from methods.losses import Loss
 from methods.networks import MLP
+from methods.networks.cnn import CNN
 from methods.target_propagation import DifferenceTargetPropagation
 
 
@@ -75,7 +76,9 @@ class LocalDifferenceReconstructionLoss(DifferenceTargetPropagation):
     * One noise sample per iteration (their ``feedback_samples_per_iteration`` default).
 
     Args:
-        model: an :class:`~methods.networks.MLP` with at least one hidden layer.
+        model: an :class:`~methods.networks.MLP` with at least one hidden layer, or a
+            :class:`~methods.networks.cnn.CNN` with max or no pooling (conv feedback layers:
+            :mod:`methods.tp_feedback`).
         loss: task loss ``L`` (batch mean).
         forward_optimizer: optimiser config for the forward weights.
         feedback_optimizer: optimiser config for the feedback weights ``V_i, c_i``; each layer
@@ -90,7 +93,8 @@ class LocalDifferenceReconstructionLoss(DifferenceTargetPropagation):
             ``top_target_layer`` defaults to ``output`` (their first target is on the logits).
 
     Raises:
-        MethodConfigError: for a non-MLP model or out-of-range options (one line naming the key).
+        MethodConfigError: for another model, an average-pooled CNN, or out-of-range options
+            (one line naming the key).
     """
 
     requires_noise = True
@@ -98,7 +102,7 @@ class LocalDifferenceReconstructionLoss(DifferenceTargetPropagation):
 
     def __init__(
         self,
-        model: MLP,
+        model: MLP | CNN,
         loss: Loss,
         forward_optimizer: Mapping[str, Any],
         feedback_optimizer: Mapping[str, Any],
@@ -149,25 +153,34 @@ class LocalDifferenceReconstructionLoss(DifferenceTargetPropagation):
         return [(dw / 2, db / 2) for dw, db in super().forward_update(h, targets)]
 
     def feedback_loss(
-        self, i: int, h: list[torch.Tensor], eps: torch.Tensor, eta: torch.Tensor
+        self,
+        i: int,
+        h: list[torch.Tensor],
+        eps: torch.Tensor,
+        eta: torch.Tensor,
+        switches: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The L-DRL loss ``l_i`` of ``g_i`` for one noise draw (module docstring).
+
+        On a max-pooled conv block, ``g_i(f_i(x + eps))`` unpools with the switches of the
+        ``x + eps`` pass, ``g_i(y)`` and ``g_i(y + eta)`` with those of ``x``'s (their code).
 
         Args:
             i: the feedback layer ``g_i``, 2..K.
             h: ``[h_0, ..., h_{H+1}]`` as from :meth:`activations`.
-            eps: noise on ``h_{i-1}``, ``(batch, n_{i-1})``.
-            eta: noise on ``h_i``, ``(batch, n_i)``.
+            eps: noise on ``h_{i-1}``, shaped like it.
+            eta: noise on ``h_i``, shaped like it.
+            switches: layer ``i``'s switches for ``h_{i-1}`` (:meth:`switches`), if pooled.
 
         Returns:
             0-d tensor, differentiable in ``g_i``'s parameters only.
         """
         x, y = h[i - 1], h[i]
         with torch.no_grad():
-            y_eps = self.layer(i, x + eps)
-        r = self.inverse(i, y)
-        dr = self.inverse(i, y_eps) - r
-        dr_eta = self.inverse(i, y + eta) - r
+            y_eps, switches_eps = self.layer_with_switches(i, x + eps)
+        r = self.inverse(i, y, switches)
+        dr = self.inverse(i, y_eps, switches_eps) - r
+        dr_eta = self.inverse(i, y + eta, switches) - r
         return (-2 * (eps * dr).flatten(1).sum(1) + dr_eta.pow(2).flatten(1).sum(1)).mean()
 
     def feedback_step(
@@ -182,6 +195,7 @@ class LocalDifferenceReconstructionLoss(DifferenceTargetPropagation):
         if self.feedback_optimizer is None:
             return {}
         h = self.activations(x) if h is None else h
+        switches = self.switches(h)
         means = {}
         for i in range(2, self.top + 1):
             params = list(self.inverses[i - 2].parameters())
@@ -189,7 +203,7 @@ class LocalDifferenceReconstructionLoss(DifferenceTargetPropagation):
             for _ in range(self.feedback_iterations):
                 eps = self.noise_std * torch.randn_like(h[i - 1])
                 eta = self.noise_std * torch.randn_like(h[i])
-                loss = self.feedback_loss(i, h, eps, eta)
+                loss = self.feedback_loss(i, h, eps, eta, switches[i])
                 for inverse in self.inverses:  # only g_i steps
                     for param in inverse.parameters():
                         param.grad = None

@@ -204,8 +204,6 @@ def test_conv_hsic_updates_each_layer_from_its_own_objective():
     ("name", "options", "why"),
     [
         ("altmin", {}, "codes for conv layers"),
-        ("dtp", {}, "needs model=mlp"),
-        ("drl", {}, "needs model=mlp"),
         ("bptt", {}, "needs model=rnn"),
     ],
 )
