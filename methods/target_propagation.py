@@ -40,6 +40,12 @@ trained to reconstruct the corrupted sample, the loss scaled by ``1 / sigma^2``;
 inverses on the path are held fixed. This aligns the propagated targets with Gauss-Newton targets
 instead of layer-wise inverses.
 
+On ``model=cnn`` every hidden layer is a conv block ``pool(act(conv(h)))`` or a linear layer, and
+the affine part of ``g_i`` is a transposed convolution after max-unpooling with the forward pass's
+switches, or a reshaping linear map (:mod:`methods.tp_feedback`, after Ernoult et al. 2022's
+code); the equations above hold with ``h_i`` of shape ``(batch, C, H, W)`` and norms over all of a
+sample's units.
+
 Layer numbers in logged metrics are the 1-based layer numbers above (``H + 1`` is the output
 layer, present when ``K = H + 1``): ``inverse_loss_layer{i}`` is the mean squared reconstruction
 error ``||rec - (h_{i-1} + eps)||^2`` of ``g_i`` (not scaled by ``1/sigma^2``, so DTP and DRL
