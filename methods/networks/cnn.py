@@ -20,7 +20,6 @@ and ``simple_vgg.py``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -393,8 +392,3 @@ def build_cnn(
         hidden_sizes=hidden_sizes,
         init=init,
     )
-
-
-def flat_size(shape: Sequence[int]) -> int:
-    """Number of features of a layer output of ``shape`` (one example), ``prod(shape)``."""
-    return math.prod(shape)
