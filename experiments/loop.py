@@ -103,7 +103,8 @@ def fit(
         epochs: number of passes over the training split (>= 1).
         batch_size: training batch size (>= 1); the last batch of an epoch may be smaller.
         eval_batch_size: evaluation batch size.
-        generator: seeded CPU generator that shuffles each epoch.
+        generator: seeded CPU generator that shuffles each epoch and drives the dataset's
+            training-batch augmentation (:attr:`~experiments.data.Dataset.train_transform`).
         on_epoch: called once per epoch with the metrics above.
         progress: show progress bars; ``None`` shows them only on a terminal.
         diagnostics: if given, run after every ``diagnostics.every_steps`` updates (off the
@@ -158,6 +159,8 @@ def fit(
             unit="batch",
         ):
             step += 1
+            if data.train_transform is not None:  # the dataset's augmentation, if any
+                x = data.train_transform(x, generator)
             batch_metrics = method.step(x, y)
             loss = float(batch_metrics["loss"])
             if not math.isfinite(loss):

@@ -104,7 +104,9 @@ class AlternatingMinimization(Method):
         top_code_loss: Annotated[str, OneOf(*TOP_CODE_LOSSES)] = "scaled_loss",
     ) -> None:
         super().__init__(model, loss)
-        self.require_model(MLP, "mlp")
+        self.require_model(
+            MLP, "mlp", why="codes for conv layers (and their pooling) are not implemented"
+        )
         self.mu, self.code_steps, self.code_lr = mu, code_steps, code_lr
         self.code_momentum = code_momentum
         self.top_code_loss = top_code_loss

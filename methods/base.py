@@ -325,15 +325,27 @@ class Method(metaclass=MethodMeta):
         # A fixed batch for a method's own per-epoch diagnostics (see keep_probe).
         self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def require_model(self, kind: type[nn.Module], choice: str) -> None:
+    def require_model(
+        self,
+        kind: type[nn.Module] | tuple[type[nn.Module], ...],
+        choice: str | tuple[str, ...],
+        why: str | None = None,
+    ) -> None:
         """Check the model type early.
 
+        Args:
+            kind: the accepted network class, or a tuple of them.
+            choice: the ``model=`` option(s) that build one, for the message.
+            why: why other networks are refused, appended to the message (one line).
+
         Raises:
-            MethodConfigError: ``method=<name> needs model=<choice>`` unless ``self.model`` is
-                a ``kind``.
+            MethodConfigError: ``method=<name> needs model=<choice>[ or model=...][: why]``
+                unless ``self.model`` is a ``kind``.
         """
         if not isinstance(self.model, kind):
-            raise MethodConfigError(f"method={self.name} needs model={choice}")
+            choices = (choice,) if isinstance(choice, str) else choice
+            message = f"method={self.name} needs " + " or ".join(f"model={c}" for c in choices)
+            raise MethodConfigError(f"{message}: {why}" if why else message)
 
     @property
     def device(self) -> torch.device:

@@ -17,6 +17,13 @@ output block is the output layer. A synthetic-gradient module ``M_i`` predicts
 * ``M_i`` is linear or a small MLP (``hidden_sizes``) with its output layer zero-initialised, so
   training starts with zero synthetic gradients (Sec. 3).
 
+On the CNN (``model=cnn``) the network is cut after every hidden layer (each conv block, after
+its pooling, and each hidden linear layer). A conv block's ``M_i`` is itself a small CNN
+(:class:`ConvSyntheticGradientModule`: ``conv_hidden_channels`` ReLU conv layers and a
+zero-initialised output conv, all ``conv_kernel_size`` wide with "same" padding, as the paper's
+conv nets use convolutional synthetic-gradient models, Sec. 3.2); cDNI's one-hot label enters it
+as constant extra input channels. A linear layer's ``M_i`` is the MLP's module.
+
 Logged per epoch: ``sg_loss_layer{i}`` (mean training MSE of ``M_i``) and ``sg_cosine_layer{i}``:
 the cosine between ``M_i(h_i)`` and the true backprop ``dL/dh_i`` on a fixed probe batch (the
 first training batch), a diagnostic not used for training (:func:`methods.geometry.cosine`: NaN
@@ -33,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Method, make_optimizer, register_method
+from methods.base import Method, MethodConfigError, make_optimizer, register_method
 from methods.geometry import cosine
 from methods.losses import CrossEntropy, Loss
-from methods.networks import MLP
+from methods.networks import CNN, MLP
 from methods.options import Bounds, OptimizerConfig
 
 
@@ -68,6 +75,46 @@ class SyntheticGradientModule(nn.Module):
         return self.net(h if context is None else torch.cat([h, context], dim=1))
 
 
+class ConvSyntheticGradientModule(nn.Module):
+    """``M(h[, c]) -> dL/dh estimate`` for a conv block: ``(batch, C, H, W) -> (batch, C, H, W)``.
+
+    Args:
+        channels: ``C``, the decoupled block's output channels.
+        context_size: size of the conditioning vector ``c`` (0 for plain DNI); ``c``
+            ``(batch, context_size)`` is broadcast to ``context_size`` constant channels.
+        hidden_channels: ReLU conv layers before the output conv (``[]``: one conv, linear).
+        kernel_size: odd kernel side of every conv, zero padding ``kernel_size // 2`` (the
+            shape is kept).
+
+    The output conv starts at zero (Jaderberg et al. 2017, Sec. 3).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        context_size: int = 0,
+        hidden_channels: Sequence[int] = (),
+        kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        sizes = [channels + context_size, *hidden_channels, channels]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Conv2d(a, b, kernel_size, padding=kernel_size // 2))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted ``dL/dh`` for ``h`` ``(batch, C, H, W)`` and optional ``context``."""
+        if context is not None:
+            planes = context[:, :, None, None].expand(-1, -1, *h.shape[2:])
+            h = torch.cat([h, planes], dim=1)
+        return self.net(h)
+
+
 @register_method("dni")
 class DecoupledNeuralInterfaces(Method):
     """Feed-forward DNI / cDNI (Jaderberg et al. 2017).
@@ -80,6 +127,8 @@ class DecoupledNeuralInterfaces(Method):
       only in the gradient signal.
     * cDNI on a regression task conditions on the target itself (the paper conditions on the
       class label); a classification task gets the paper's one-hot label.
+    * CNN: the conv synthetic-gradient modules' width and kernel (``conv_hidden_channels``,
+      ``conv_kernel_size``) are this harness's choice, not the paper's; no tuned values yet.
 
     Args:
         model: an :class:`~methods.networks.MLP`.
@@ -88,27 +137,43 @@ class DecoupledNeuralInterfaces(Method):
         optimizer: optimiser config for the base network.
         synthetic_optimizer: optimiser config for the synthetic-gradient modules.
         conditioned: cDNI (``M_i`` also sees the label).
-        hidden_sizes: hidden layers of each ``M_i``; ``[]`` for linear modules.
+        hidden_sizes: hidden layers of each ``M_i`` of a linear layer; ``[]`` for linear
+            modules.
+        conv_hidden_channels: CNN only: hidden conv layers of each conv block's ``M_i``
+            (:class:`ConvSyntheticGradientModule`); ``[]`` for a single conv.
+        conv_kernel_size: CNN only: kernel side of those convs (odd).
 
     Raises:
-        MethodConfigError: for a non-MLP model or bad options.
+        MethodConfigError: for a model that is neither an MLP nor a CNN, or bad options.
     """
 
     def __init__(
         self,
-        model: MLP,
+        model: MLP | CNN,
         loss: Loss,
         optimizer: OptimizerConfig,
         synthetic_optimizer: OptimizerConfig,
         conditioned: bool = False,
         hidden_sizes: Annotated[Sequence[int], Bounds(ge=1)] = (),
+        conv_hidden_channels: Annotated[Sequence[int], Bounds(ge=1)] = (),
+        conv_kernel_size: Annotated[int, Bounds(ge=1)] = 3,
     ) -> None:
         super().__init__(model, loss)
-        self.require_model(MLP, "mlp")
+        self.require_model((MLP, CNN), ("mlp", "cnn"))
+        if conv_kernel_size % 2 == 0:  # "same" padding keeps the shape only for odd kernels
+            raise MethodConfigError(f"method.conv_kernel_size: must be odd, got {conv_kernel_size}")
         self.conditioned = conditioned
         context = model.output_size if conditioned else 0
+        shapes = (
+            model.hidden_shapes
+            if isinstance(model, CNN)
+            else [(width,) for width in model.hidden_sizes]
+        )
         self.synthetic_modules = nn.ModuleList(
-            SyntheticGradientModule(width, context, hidden_sizes) for width in model.hidden_sizes
+            ConvSyntheticGradientModule(shape[0], context, conv_hidden_channels, conv_kernel_size)
+            if len(shape) == 3
+            else SyntheticGradientModule(shape[0], context, hidden_sizes)
+            for shape in shapes
         ).to(next(model.parameters()))
         self.optimizer = make_optimizer(model.parameters(), optimizer)
         self.synthetic_optimizer = make_optimizer(
@@ -124,7 +189,7 @@ class DecoupledNeuralInterfaces(Method):
         return y.to(like.dtype).reshape(len(y), -1)
 
     def synthetic_gradient(self, i: int, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``M_i(h_i[, y])`` for hidden layer ``i`` (1-based), ``(batch, width_i)``.
+        """``M_i(h_i[, y])`` for hidden layer ``i`` (1-based), shaped like ``h_i``.
 
         The prediction the base network is updated with (tests replace it with an oracle). Called
         with gradients enabled in :meth:`compute_update`, so that the same output also trains
@@ -142,26 +207,29 @@ class DecoupledNeuralInterfaces(Method):
         self.zero_grad()
         layers = self.model.layers
         hidden_count = len(layers) - 1
-        inputs = [x.flatten(1)]  # inputs[i - 1] is the detached input of block i
+        inputs = [x.flatten(1) if isinstance(self.model, MLP) else x]  # inputs of the blocks
         below: list[torch.Tensor] = []  # (dh_i/dh_{i-1})^T M_i(h_i), the target for M_{i-1}
         predictions = []  # M_i(h_i) with its graph, reused to train M_i (one forward, not two)
         for i in range(1, hidden_count + 1):
             h_in = inputs[-1].detach().requires_grad_(i > 1)
-            h = self.model.activation(layers[i - 1](h_in))
+            h = self.model.layer_forward(i - 1, h_in)
             prediction = self.synthetic_gradient(i, h.detach(), y)
             predictions.append(prediction)
-            wrt = [layers[i - 1].weight, layers[i - 1].bias] + ([h_in] if i > 1 else [])
-            grads = torch.autograd.grad(h, wrt, grad_outputs=prediction.detach())
-            layers[i - 1].weight.grad, layers[i - 1].bias.grad = grads[0], grads[1]
+            params = list(layers[i - 1].parameters())
+            grads = torch.autograd.grad(
+                h, params + ([h_in] if i > 1 else []), grad_outputs=prediction.detach()
+            )
+            for param, grad in zip(params, grads):
+                param.grad = grad
             if i > 1:
-                below.append(grads[2])
+                below.append(grads[-1])
             inputs.append(h.detach())
         h_top = inputs[-1].requires_grad_(True)
-        output = layers[-1](h_top)
-        grad_w, grad_b, true_top = torch.autograd.grad(
-            self.loss(output, y), [layers[-1].weight, layers[-1].bias, h_top]
-        )
-        layers[-1].weight.grad, layers[-1].bias.grad = grad_w, grad_b
+        output = self.model.layer_forward(hidden_count, h_top)
+        params = list(layers[-1].parameters())
+        *grads, true_top = torch.autograd.grad(self.loss(output, y), [*params, h_top])
+        for param, grad in zip(params, grads):
+            param.grad = grad
         targets = [*below, true_top]  # target of M_i: from block i + 1, or the true gradient
         self.train_synthetic(inputs[1:], targets, y, predictions)
         return self.loss.metrics(output.detach(), y)

@@ -20,6 +20,23 @@ are drawn once, U(-1/sqrt(rows), 1/sqrt(rows)) with ``rows`` the size of the err
 (Nokland's scaling), from ``feedback_seed`` (or from the run's seeded RNG when null), never
 trained, and saved with the run as the artifact ``feedback_weights.pt``.
 
+On the CNN (``model=cnn``, :class:`~methods.networks.CNN`) each layer is a conv block
+``pool(f(conv(h)))`` or a linear layer, and errors travel between layer outputs:
+
+* FA: the error at layer ``l``'s pre-activation, ``delta_l`` (through the pooling's and the
+  activation's exact local derivatives), reaches layer ``l - 1``'s output through the
+  transposed convolution with a fixed random kernel ``B_l`` shaped like the conv kernel
+  ``W_l`` (``conv2d_input(delta_l, B_l)``, the convolution's input gradient with ``B_l`` in
+  place of ``W_l``; Nokland 2016 and Sanfiz & Akrout 2021 use the same conv feedback);
+* DFA: the output error is projected by a fixed ``D_l`` of shape ``(n_L, C_l H_l W_l)`` onto
+  layer ``l``'s output ``(C_l, H_l, W_l)`` (after pooling), then through the pooling's and the
+  activation's local derivatives, as ``delta_l = (e D_l) * f'(a_l)`` for the MLP;
+* every layer's weight update is the exact local one, ``dW_l = conv2d_weight(h_{l-1},
+  delta_l)`` (autograd of the layer on its detached input).
+
+``B_l`` and ``D_l`` are drawn U(-1/sqrt(r), 1/sqrt(r)) with ``r = numel / shape[1]``: the rows
+of a matrix, as above, and ``C_out k^2`` (the transposed convolution's fan-in) for a kernel.
+
 No metric of its own: the angle between this method's update of ``W_l`` and the backprop
 gradient is the harness's method-agnostic diagnostic ``alignment/layers.<l-1>.weight``
 (``diagnostics.every_steps``), which compares any method's update with backprop.
@@ -34,7 +51,7 @@ import torch
 
 from methods.base import Method, make_optimizer, register_method
 from methods.losses import Loss
-from methods.networks import MLP
+from methods.networks import CNN, MLP
 from methods.options import OneOf, OptimizerConfig
 
 FEEDBACK = ("random", "symmetric")
@@ -42,7 +59,7 @@ FEEDBACK = ("random", "symmetric")
 
 @register_method("fa")
 class FeedbackAlignment(Method):
-    """Feedback alignment (Lillicrap et al. 2016) on an :class:`~methods.networks.MLP`.
+    """Feedback alignment (Lillicrap et al. 2016) on an :class:`~methods.networks.MLP` or a CNN.
 
     Departures from the paper, with the reason:
 
@@ -52,7 +69,7 @@ class FeedbackAlignment(Method):
       differ only in ``B_l`` versus ``W_l^T``.
 
     Args:
-        model: the MLP.
+        model: the MLP or the :class:`~methods.networks.CNN`.
         loss: task loss.
         optimizer: optimiser config.
         feedback: ``random`` (fixed random ``B_l``) or ``symmetric`` (``B_l = W_l``, i.e.
@@ -60,19 +77,20 @@ class FeedbackAlignment(Method):
         feedback_seed: seed of the random matrices, or ``None`` for the run's RNG stream.
 
     Raises:
-        MethodConfigError: for a non-MLP model or an unknown ``feedback``.
+        MethodConfigError: for a model that is neither an MLP nor a CNN, or an unknown
+            ``feedback``.
     """
 
     def __init__(
         self,
-        model: MLP,
+        model: MLP | CNN,
         loss: Loss,
         optimizer: OptimizerConfig,
         feedback: Annotated[str, OneOf(*FEEDBACK)] = "random",
         feedback_seed: int | None = None,
     ) -> None:
         super().__init__(model, loss)
-        self.require_model(MLP, "mlp")
+        self.require_model((MLP, CNN), ("mlp", "cnn"))
         self.feedback = feedback
         generator = torch.Generator()
         generator.manual_seed(
@@ -85,12 +103,15 @@ class FeedbackAlignment(Method):
         self.optimizer = make_optimizer(model.parameters(), optimizer)
 
     @staticmethod
-    def _draw(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-        bound = 1.0 / math.sqrt(shape[0])
+    def _draw(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        # rows for a matrix (n_out, n_in); C_out * k * k for a kernel (C_out, C_in, k, k).
+        bound = 1.0 / math.sqrt(math.prod(shape) // shape[1])
         return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
 
-    def feedback_shapes(self) -> list[tuple[int, int]]:
-        """Shapes of ``B_2 .. B_L``: those of ``W_2 .. W_L``."""
+    def feedback_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of ``B_2 .. B_L``: those of ``W_2 .. W_L`` (matrices or conv kernels)."""
+        if isinstance(self.model, CNN):
+            return [tuple(layer.affine.weight.shape) for layer in self.model.layers[1:]]
         return [tuple(layer.weight.shape) for layer in self.model.layers[1:]]
 
     def backward_error(self, k: int, delta_above: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -102,8 +123,56 @@ class FeedbackAlignment(Method):
         )
         return delta_above @ feedback
 
+    def conv_output_error(
+        self, k: int, delta_above: torch.Tensor, h_k: torch.Tensor, e: torch.Tensor
+    ) -> torch.Tensor:
+        """CNN: the error reaching layer ``k``'s (1-based) output ``h_k``, shaped like ``h_k``.
+
+        FA: the transposed map of layer ``k + 1`` with ``B_{k+1}`` (``W_{k+1}`` when
+        symmetric) applied to ``delta_{k+1}``, its pre-activation error.
+        """
+        above = self.model.layers[k]
+        feedback = (
+            above.affine.weight.detach()
+            if self.feedback == "symmetric"
+            else self.feedback_weights[k - 1]
+        )
+        with torch.enable_grad():
+            h = h_k.detach().requires_grad_(True)
+            (error,) = torch.autograd.grad(above.affine_with(h, feedback), h, delta_above)
+        return error
+
+    def conv_updates(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """:meth:`updates` for the CNN: local autograd within each layer, feedback between."""
+        layers = self.model.layers
+        inputs, pres, leaves, outputs = [x], [], [], []
+        for layer in layers:
+            pre = layer.pre(inputs[-1].detach())  # graph to this layer's parameters only
+            leaf = pre.detach().requires_grad_(True)
+            out = layer.after_affine(leaf)
+            pres.append(pre)
+            leaves.append(leaf)
+            outputs.append(out)
+            inputs.append(out.detach())
+        logits = outputs[-1]
+        (e,) = torch.autograd.grad(self.loss(logits, y), logits)
+        error = e  # the error at the current layer's output
+        grads_by_layer = []
+        for k in range(len(layers), 0, -1):
+            (delta,) = torch.autograd.grad(outputs[k - 1], leaves[k - 1], error)
+            params = list(layers[k - 1].parameters())
+            grads_by_layer.insert(0, torch.autograd.grad(pres[k - 1], params, delta))
+            if k > 1:
+                error = self.conv_output_error(k - 1, delta, inputs[k - 1], e)
+        grads = [g for layer_grads in grads_by_layer for g in layer_grads]
+        return grads, logits.detach()
+
     def updates(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``[(dW_l, db_l)]`` for l = 1..L, flattened as ``[dW_1, db_1, ...]``, and the logits."""
+        if isinstance(self.model, CNN):
+            return self.conv_updates(x, y)
         layers = self.model.layers
         h = [x.flatten(1)]
         derivatives = []
@@ -152,7 +221,7 @@ class DirectFeedbackAlignment(FeedbackAlignment):
 
     def __init__(
         self,
-        model: MLP,
+        model: MLP | CNN,
         loss: Loss,
         optimizer: OptimizerConfig,
         # Symmetric feedback is not defined for DFA.
@@ -162,8 +231,21 @@ class DirectFeedbackAlignment(FeedbackAlignment):
         super().__init__(model, loss, optimizer, feedback, feedback_seed)
 
     def feedback_shapes(self) -> list[tuple[int, int]]:
-        """Shapes of ``D_1 .. D_{L-1}``: ``(n_L, n_l)`` for every hidden layer."""
+        """Shapes of ``D_1 .. D_{L-1}``: ``(n_L, n_l)`` for every hidden layer.
+
+        ``n_l`` is the number of units of layer ``l``'s output (``C_l H_l W_l`` for a conv
+        block).
+        """
+        if isinstance(self.model, CNN):
+            widths = [math.prod(shape) for shape in self.model.hidden_shapes]
+            return [(self.model.output_size, width) for width in widths]
         return [(self.model.output_size, width) for width in self.model.hidden_sizes]
+
+    def conv_output_error(
+        self, k: int, delta_above: torch.Tensor, h_k: torch.Tensor, e: torch.Tensor
+    ) -> torch.Tensor:
+        """CNN: ``e D_k`` reshaped to layer ``k``'s output shape (the output error, sent direct)."""
+        return (e @ self.feedback_weights[k - 1]).reshape(h_k.shape)
 
     def backward_error(self, k: int, delta_above: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """``e D_k``: the output error sent straight to hidden layer ``k``."""

@@ -20,6 +20,11 @@ Training has two phases within the epoch budget (``format_fraction`` splits it):
    (``format_optimizer``; the authors' SGD with lr 0.005 and weight decay 1e-3 is replaced by
    default with Adam, lr 1e-2, for the reasons in ``conf/method/hsic.yaml``).
 
+On the CNN (``model=cnn``) every hidden layer (each conv block, after its pooling, and each
+hidden linear layer) is a ``Z_i``, its output flattened to ``(batch, C H W)`` for the kernel;
+the output layer is the format layer, on the flattened last hidden layer. (Ma et al. also train
+conv nets this way, Sec. 5; their code's conv nets are not reproduced here.)
+
 Departures from the authors' code, with the reason: :class:`HSICBottleneck`.
 """
 
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
 from methods.hsic_estimators import ESTIMATORS, gaussian_kernel, median_sigma
 from methods.losses import CrossEntropy, Loss
-from methods.networks import MLP
+from methods.networks import CNN, MLP
 from methods.options import Bounds, OneOf, OptimizerConfig
 
 
@@ -60,7 +65,8 @@ class HSICBottleneck(Method):
       per class).
 
     Args:
-        model: an :class:`~methods.networks.MLP`; its output layer is the format layer.
+        model: an :class:`~methods.networks.MLP` or :class:`~methods.networks.CNN`; its output
+            layer is the format layer.
         loss: must be :class:`~methods.losses.CrossEntropy` (``Y`` is one-hot).
         optimizer: config of each hidden layer's optimiser (one per layer).
         format_optimizer: config of the format layer's optimiser.
@@ -75,7 +81,8 @@ class HSICBottleneck(Method):
             optimiser for every layer step (optimiser state such as momentum is lost).
 
     Raises:
-        MethodConfigError: for a non-MLP model, a non-classification loss or bad options.
+        MethodConfigError: for a model that is neither an MLP nor a CNN, a non-classification
+            loss or bad options.
     """
 
     # Its estimator (a tuple of functions) is rebuilt from the config.
@@ -83,7 +90,7 @@ class HSICBottleneck(Method):
 
     def __init__(
         self,
-        model: MLP,
+        model: MLP | CNN,
         loss: Loss,
         optimizer: OptimizerConfig,
         format_optimizer: OptimizerConfig,
@@ -96,7 +103,7 @@ class HSICBottleneck(Method):
         rebuild_optimizers_each_step: bool = False,
     ) -> None:
         super().__init__(model, loss)
-        self.require_model(MLP, "mlp")
+        self.require_model((MLP, CNN), ("mlp", "cnn"))
         if not isinstance(loss, CrossEntropy):
             raise MethodConfigError(
                 f"method=hsic needs a classification dataset (one-hot Y), got a {loss.name} loss"
@@ -124,7 +131,9 @@ class HSICBottleneck(Method):
         self.hsic_epochs = math.inf  # set by on_train_start
         # Unformatted accuracy: which label each last-hidden unit stands for, by majority vote of
         # the training examples on which it was the argmax (previous epoch's counts).
-        width = model.hidden_sizes[-1]
+        width = (
+            math.prod(model.hidden_shapes[-1]) if isinstance(model, CNN) else model.hidden_sizes[-1]
+        )
         self._votes = torch.zeros(width, model.output_size, device=self.device)
         self._unit_labels: torch.Tensor | None = None
         self._unformatted_hits = 0.0
@@ -160,19 +169,22 @@ class HSICBottleneck(Method):
     def _objectives_and_top(
         self, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """:meth:`objectives` and the last hidden layer ``Z_H`` ``(batch, width)``, detached."""
+        """:meth:`objectives` and the last hidden layer ``Z_H`` ``(batch, width)``, detached.
+
+        ``width`` is the number of units of the last hidden layer (flattened for a conv block).
+        """
         inputs = x.flatten(1)
         onehot = F.one_hot(y, self.model.output_size).to(inputs.dtype)
         # X's and Y's kernels are the same for every layer: prepare them once per batch.
         k_x, k_y = self.prepared_kernel(inputs), self.prepared_kernel(onehot)
         results = []
-        z = inputs
-        for layer in self.model.layers[:-1]:
-            z = self.model.activation(layer(z.detach()))
-            k_z = self.prepared_kernel(z)
+        z = inputs if isinstance(self.model, MLP) else x
+        for index in range(self.model.depth - 1):
+            z = self.model.layer_forward(index, z.detach())
+            k_z = self.prepared_kernel(z.flatten(1))
             hx, hy = self.hsic_estimator.pair(k_z, k_x), self.hsic_estimator.pair(k_z, k_y)
             results.append((hx - self.beta * hy, hx, hy))
-        return results, z.detach()
+        return results, z.detach().flatten(1)
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """HSIC phase: each hidden layer's objective gradient; format phase: the format layer's.
@@ -193,8 +205,9 @@ class HSICBottleneck(Method):
         head = self.model.layers[-1]
         output = head(features)
         if formatting:
-            loss = self.loss(output, y)
-            head.weight.grad, head.bias.grad = torch.autograd.grad(loss, list(head.parameters()))
+            params = list(head.parameters())
+            for param, grad in zip(params, torch.autograd.grad(self.loss(output, y), params)):
+                param.grad = grad
         for i, (_, hx, hy) in enumerate(objectives, start=1):
             self.means.add(f"hsic_zx_layer{i}", hx.item())
             self.means.add(f"hsic_zy_layer{i}", hy.item())

@@ -40,6 +40,12 @@ trained to reconstruct the corrupted sample, the loss scaled by ``1 / sigma^2``;
 inverses on the path are held fixed. This aligns the propagated targets with Gauss-Newton targets
 instead of layer-wise inverses.
 
+On ``model=cnn`` every hidden layer is a conv block ``pool(act(conv(h)))`` or a linear layer, and
+the affine part of ``g_i`` is a transposed convolution after max-unpooling with the forward pass's
+switches, or a reshaping linear map (:mod:`methods.tp_feedback`, after Ernoult et al. 2022's
+code); the equations above hold with ``h_i`` of shape ``(batch, C, H, W)`` and norms over all of a
+sample's units.
+
 Layer numbers in logged metrics are the 1-based layer numbers above (``H + 1`` is the output
 layer, present when ``K = H + 1``): ``inverse_loss_layer{i}`` is the mean squared reconstruction
 error ``||rec - (h_{i-1} + eps)||^2`` of ``g_i`` (not scaled by ``1/sigma^2``, so DTP and DRL
@@ -56,8 +62,12 @@ from torch import nn
 
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
 from methods.losses import Loss
-from methods.networks import ACTIVATIONS, MLP
+from methods.networks import MLP
+
+# The CNN's activations are the MLP's plus ELU (Ernoult et al.'s conv nets).
+from methods.networks.cnn import CNN, CNN_ACTIVATIONS, ConvBlock
 from methods.options import Bounds, OneOf, OptimizerConfig
+from methods.tp_feedback import ConvFeedback, LinearFeedback
 
 SCHEDULES = ("per_batch", "alternating")
 INVERSE_INITS = ("orthogonal", "default")
@@ -65,8 +75,8 @@ TOP_TARGET_LAYERS = ("last_hidden", "output")
 
 
 def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``mean_n ||a_n - b_n||^2`` for ``(batch, units)`` tensors: a 0-d tensor."""
-    return (a - b).pow(2).sum(dim=1).mean()
+    """``mean_n ||a_n - b_n||^2`` for ``(batch, *shape)`` tensors: a 0-d tensor."""
+    return (a - b).pow(2).flatten(1).sum(dim=1).mean()
 
 
 @register_method("dtp")
@@ -85,14 +95,16 @@ class DifferenceTargetPropagation(Method):
       update every layer, as the paper describes.
 
     Args:
-        model: an :class:`~methods.networks.MLP` with at least one hidden layer.
+        model: an :class:`~methods.networks.MLP` with at least one hidden layer, or a
+            :class:`~methods.networks.cnn.CNN` with max or no pooling (conv feedback layers:
+            :mod:`methods.tp_feedback`).
         loss: task loss ``L`` (batch mean).
         forward_optimizer: optimiser config for the forward weights (all ``model`` parameters).
         feedback_optimizer: optimiser config for the inverses ``V_i, c_i``.
         target_stepsize: ``eta_hat`` of the top target (> 0).
         noise_std: ``sigma`` of the corruption in the inverse loss (>= 0; > 0 for DRL).
         inverse_activation: ``act_g``: ``same`` (the model's activation, as in the paper where
-            both are tanh) or one of ``relu, tanh, sigmoid, identity``.
+            both are tanh) or one of ``relu, tanh, sigmoid, identity, elu``.
         inverse_init: ``orthogonal`` (the paper's) or ``default`` (PyTorch's) for ``V_i``;
             ``c_i`` starts at zero with ``orthogonal``.
         schedule: ``per_batch``: on every batch, targets and forward update, then one inverse
@@ -106,32 +118,38 @@ class DifferenceTargetPropagation(Method):
             logits to ``h_H``, and the output layer trained towards ``o - eta_hat dL/do``).
 
     Raises:
-        MethodConfigError: for a non-MLP model or out-of-range options.
+        MethodConfigError: for another model, an average-pooled CNN, or out-of-range options.
     """
 
-    # DRL divides its feedback loss by sigma^2, so it needs sigma > 0.
+    # DRL divides its feedback loss by sigma^2, so it needs sigma > 0 (noise_reason says why).
     requires_noise = False
+    noise_reason = "the loss is scaled by 1/sigma^2"
 
     def __init__(
         self,
-        model: MLP,
+        model: MLP | CNN,
         loss: Loss,
         forward_optimizer: OptimizerConfig,
         feedback_optimizer: OptimizerConfig,
         target_stepsize: Annotated[float, Bounds(gt=0)] = 0.327736,
         noise_std: Annotated[float, Bounds(ge=0)] = 0.359830,
-        inverse_activation: Annotated[str, OneOf("same", *ACTIVATIONS)] = "same",
+        inverse_activation: Annotated[str, OneOf("same", *CNN_ACTIVATIONS)] = "same",
         inverse_init: Annotated[str, OneOf(*INVERSE_INITS)] = "orthogonal",
         schedule: Annotated[str, OneOf(*SCHEDULES)] = "per_batch",
         feedback_pretrain_epochs: Annotated[int, Bounds(ge=0)] = 0,
         top_target_layer: Annotated[str, OneOf(*TOP_TARGET_LAYERS)] = "last_hidden",
     ) -> None:
         super().__init__(model, loss)
-        self.require_model(MLP, "mlp")
-        # The one bound that differs between the two classes sharing this signature.
+        self.require_model((MLP, CNN), ("mlp", "cnn"))
+        if isinstance(model, CNN) and model.pool_name == "avg":
+            raise MethodConfigError(
+                f"method={self.name} needs model.pool=max or none on model=cnn: its conv "
+                "feedback layers unpool with the max-pooling switches"
+            )
+        # The one bound that differs between the classes sharing this signature.
         if self.requires_noise and not noise_std > 0:
             raise MethodConfigError(
-                f"method.noise_std: must be > 0 (the loss is scaled by 1/sigma^2), got {noise_std}"
+                f"method.noise_std: must be > 0 ({self.noise_reason}), got {noise_std}"
             )
         self.target_stepsize = target_stepsize
         self.noise_std = noise_std
@@ -139,11 +157,14 @@ class DifferenceTargetPropagation(Method):
         self.feedback_pretrain_epochs = feedback_pretrain_epochs
         self.top_target_layer = top_target_layer
         act_name = model.activation_name if inverse_activation == "same" else inverse_activation
-        self.inverse_activation = ACTIVATIONS[act_name]()
-        sizes = [model.input_size, *model.hidden_sizes, model.output_size]
-        # inverses[i - 2] is g_i: h_i -> h_{i-1}, for i = 2..K.
+        self.inverse_activation = CNN_ACTIVATIONS[act_name]()
+        # inverses[i - 2] is g_i's affine part, h_i -> h_{i-1}, for i = 2..K.
+        shapes = self.layer_shapes()
         self.inverses = nn.ModuleList(
-            nn.Linear(sizes[i], sizes[i - 1]) for i in range(2, self.top + 1)
+            ConvFeedback(model.layers[i - 1], shapes[i - 1])
+            if isinstance(model.layers[i - 1], ConvBlock)
+            else LinearFeedback(shapes[i], shapes[i - 1])
+            for i in range(2, self.top + 1)
         ).to(next(model.parameters()))  # the model's device and dtype
         if inverse_init == "orthogonal":
             for inverse in self.inverses:
@@ -162,8 +183,21 @@ class DifferenceTargetPropagation(Method):
 
     @property
     def num_hidden(self) -> int:
-        """``H``, the number of hidden layers."""
-        return len(self.model.hidden_sizes)
+        """``H``, the number of hidden layers (conv blocks and hidden linear layers)."""
+        return self.model.depth - 1
+
+    def layer_shapes(self) -> list[tuple[int, ...]]:
+        """One example's shape of ``h_0 .. h_{H+1}``, e.g. ``[(1, 28, 28), (32, 14, 14), ...]``."""
+        model = self.model
+        if isinstance(model, CNN):
+            return [model.input_shape, *model.hidden_shapes, (model.output_size,)]
+        return [(n,) for n in (model.input_size, *model.hidden_sizes, model.output_size)]
+
+    def params_of(self, i: int) -> tuple[nn.Parameter, nn.Parameter]:
+        """Layer ``i``'s (1-based) weight and bias."""
+        layer = self.model.layers[i - 1]
+        affine = layer.affine if isinstance(self.model, CNN) else layer
+        return affine.weight, affine.bias
 
     @property
     def top(self) -> int:
@@ -175,19 +209,51 @@ class DifferenceTargetPropagation(Method):
         feedback = [self.feedback_optimizer] if self.feedback_optimizer is not None else []
         return [self.optimizer, *feedback]
 
-    def inverse(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        """``g_i(h) = act_g(V_i h + c_i)``: ``(batch, n_i) -> (batch, n_{i-1})``, ``i`` in 2..K."""
-        return self.inverse_activation(self.inverses[i - 2](h))
+    def inverse(
+        self, i: int, h: torch.Tensor, switches: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``g_i(h) = act_g(V_i h + c_i)``: ``(batch, *shape_i) -> (batch, *shape_{i-1})``.
+
+        ``i`` in 2..K. For a max-pooled conv block ``V_i`` unpools with ``switches`` (from the
+        forward pass that gave the matching ``h_i``: :meth:`switches`) before its transposed
+        convolution (:class:`~methods.tp_feedback.ConvFeedback`).
+        """
+        return self.inverse_activation(self.inverses[i - 2](h, switches))
 
     def layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        """``f_i(h)``: ``act(W_i h + b_i)`` for hidden layer ``i`` in 1..H, linear for ``H + 1``."""
-        out = self.model.layers[i - 1](h)
-        return self.model.activation(out) if i <= self.num_hidden else out
+        """``f_i(h)``: ``act(W_i h + b_i)`` for hidden layer ``i`` in 1..H, linear for ``H + 1``.
+
+        A conv block is ``pool(act(conv(h)))``.
+        """
+        return self.model.layer_forward(i - 1, h)
+
+    def layer_with_switches(
+        self, i: int, h: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(f_i(h), its max-pooling switches)``; the switches are ``None`` if none."""
+        layer = self.model.layers[i - 1]
+        if isinstance(layer, ConvBlock) and layer.pool_kind == "max":
+            parts = layer.forward_parts(h)
+            return parts.output, parts.indices
+        return self.layer(i, h), None
+
+    @torch.no_grad()
+    def switches(self, h: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """``[None, s_1, ..., s_{H+1}]``: each layer's max-pooling switches (``None`` if none).
+
+        Recomputed from ``h`` (:meth:`activations`), one layer at a time.
+        """
+        return [None, *(self.layer_with_switches(i, h[i - 1])[1] for i in range(1, len(h)))]
 
     def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``[h_0 = x flattened, h_1, ..., h_H, h_{H+1} = o]``, detached, ``(batch, n_i)``."""
+        """``[h_0, h_1, ..., h_H, h_{H+1} = o]``, detached.
+
+        ``(batch, n_i)`` on the MLP (``h_0 = x`` flattened); ``(batch, C, H, W)`` for the input
+        and the conv blocks' outputs on the CNN.
+        """
         with torch.no_grad():
-            return [x.flatten(1), *self.model.forward_layers(x)]
+            h0 = x if isinstance(self.model, CNN) else x.flatten(1)
+            return [h0, *self.model.forward_layers(x)]
 
     @torch.no_grad()
     def propagate_targets(
@@ -195,14 +261,18 @@ class DifferenceTargetPropagation(Method):
     ) -> list[torch.Tensor | None]:
         """Difference-corrected targets ``[None, h_hat_1, ..., h_hat_K]`` from ``h_hat_K``.
 
+        Both terms of a difference unpool with the switches of ``h``'s forward pass.
+
         Args:
             h: ``[h_0, ..., h_{H+1}]`` as from :meth:`activations`.
             top_target: ``h_hat_K``, ``(batch, n_K)``.
         """
+        switches = self.switches(h)
         targets: list[torch.Tensor | None] = [None] * (self.top + 1)
         targets[-1] = top_target
         for i in range(self.top, 1, -1):
-            targets[i - 1] = h[i - 1] + self.inverse(i, targets[i]) - self.inverse(i, h[i])
+            s = switches[i]
+            targets[i - 1] = h[i - 1] + self.inverse(i, targets[i], s) - self.inverse(i, h[i], s)
         return targets
 
     def top_target(
@@ -221,13 +291,20 @@ class DifferenceTargetPropagation(Method):
         if self.top > self.num_hidden:
             output = h[-1].detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.loss(output, y), [output])
-            return (output - self.target_stepsize * grad).detach(), None
+            return (output - self.top_step(len(output)) * grad).detach(), None
         h_top = h[self.top].detach().requires_grad_(True)
-        head = self.model.layers[-1]
+        head = self.num_hidden + 1
         grad_h, grad_w, grad_b = torch.autograd.grad(
-            self.loss(head(h_top), y), [h_top, head.weight, head.bias]
+            self.loss(self.layer(head, h_top), y), [h_top, *self.params_of(head)]
         )
-        return (h_top - self.target_stepsize * grad_h).detach(), (grad_w, grad_b)
+        return (h_top - self.top_step(len(h_top)) * grad_h).detach(), (grad_w, grad_b)
+
+    def top_step(self, batch: int) -> float:
+        """Factor on ``dL/dh_K`` (``L`` the batch mean) in the top target: ``eta_hat``.
+
+        ``batch``: the batch size (a subclass that steps on the summed loss multiplies by it).
+        """
+        return self.target_stepsize
 
     def forward_update(
         self, h: list[torch.Tensor], targets: list[torch.Tensor | None]
@@ -241,9 +318,8 @@ class DifferenceTargetPropagation(Method):
         """
         updates = []
         for i in range(1, self.top + 1):
-            layer = self.model.layers[i - 1]
             local = squared_distance(self.layer(i, h[i - 1].detach()), targets[i].detach())
-            updates.append(torch.autograd.grad(local, [layer.weight, layer.bias]))
+            updates.append(torch.autograd.grad(local, list(self.params_of(i))))
         return updates
 
     def forward_step(
@@ -258,22 +334,25 @@ class DifferenceTargetPropagation(Method):
         top, head_grads = self.top_target(h, y)
         targets = self.propagate_targets(h, top)
         for i, update in enumerate(self.forward_update(h, targets), start=1):
-            layer = self.model.layers[i - 1]
-            layer.weight.grad, layer.bias.grad = update
-            distance = (h[i] - targets[i]).norm(dim=1).mean().item()
+            weight, bias = self.params_of(i)
+            weight.grad, bias.grad = update
+            distance = (h[i] - targets[i]).flatten(1).norm(dim=1).mean().item()
             self.means.add(f"target_distance_layer{i}", distance)
         if head_grads is not None:
-            head = self.model.layers[-1]
-            head.weight.grad, head.bias.grad = head_grads
+            weight, bias = self.params_of(self.num_hidden + 1)
+            weight.grad, bias.grad = head_grads
         return self.loss.metrics(h[-1], y)
 
     def reconstruction(
         self, i: int, h: list[torch.Tensor], corrupted: torch.Tensor
     ) -> torch.Tensor:
-        """DTP: ``g_i(f_i(h_{i-1} + eps))``, differentiable in ``g_i``'s parameters only."""
+        """DTP: ``g_i(f_i(h_{i-1} + eps))``, differentiable in ``g_i``'s parameters only.
+
+        A conv feedback layer unpools with the switches of the corrupted sample's own pass.
+        """
         with torch.no_grad():
-            upper = self.layer(i, corrupted)
-        return self.inverse(i, upper)
+            upper, switches = self.layer_with_switches(i, corrupted)
+        return self.inverse(i, upper, switches)
 
     def feedback_loss_scale(self) -> float:
         """Factor on the summed inverse losses before their gradient (1 for DTP)."""
@@ -398,14 +477,17 @@ class DifferenceReconstructionLoss(DifferenceTargetPropagation):
         Returns:
             ``(batch, n_{i-1})``, differentiable in ``g_i``'s parameters only.
         """
+        switches = self.switches(h)  # the difference path unpools as the targets do
         with torch.no_grad():
             upward = corrupted
             for k in range(i, self.top + 1):
                 upward = self.layer(k, upward)
             r = upward
             for k in range(self.top, i, -1):
-                r = h[k - 1] + self.inverse(k, r) - self.inverse(k, h[k])
-        return h[i - 1] + self.inverse(i, r) - self.inverse(i, h[i])
+                s = switches[k]
+                r = h[k - 1] + self.inverse(k, r, s) - self.inverse(k, h[k], s)
+        s = switches[i]
+        return h[i - 1] + self.inverse(i, r, s) - self.inverse(i, h[i], s)
 
     def feedback_loss_scale(self) -> float:
         """``1 / sigma^2`` (Meulemans et al. 2020, difference reconstruction loss)."""

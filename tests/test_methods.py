@@ -172,6 +172,7 @@ def _small_method(name):
     options = {
         "dtp": {"forward_optimizer": adam, "feedback_optimizer": adam},
         "drl": {"forward_optimizer": adam, "feedback_optimizer": adam},
+        "ldrl": {"forward_optimizer": adam, "feedback_optimizer": adam},
         "hsic": {"optimizer": adam, "format_optimizer": adam, "sigma": 1.0},
         "dni": {"optimizer": adam, "synthetic_optimizer": adam},
         "altmin": {"optimizer": adam},
@@ -180,7 +181,7 @@ def _small_method(name):
     return build_method(name, model, CrossEntropy(), options), x, y
 
 
-WITH_EPOCH_METRICS = ["dtp", "drl", "hsic", "dni", "altmin", "bptt", "tbptt", "dni_rnn"]
+WITH_EPOCH_METRICS = ["dtp", "drl", "ldrl", "hsic", "dni", "altmin", "bptt", "tbptt", "dni_rnn"]
 
 
 @pytest.mark.parametrize("name", WITH_EPOCH_METRICS)
@@ -203,7 +204,18 @@ def test_the_epoch_is_the_loops():
     assert method.epoch == 3
 
 
-FEED_FORWARD = ["backprop", "numpy_backprop", "dtp", "drl", "dni", "cdni", "altmin", "fa", "dfa"]
+FEED_FORWARD = [
+    "backprop",
+    "numpy_backprop",
+    "dtp",
+    "drl",
+    "ldrl",
+    "dni",
+    "cdni",
+    "altmin",
+    "fa",
+    "dfa",
+]
 
 
 @pytest.mark.parametrize(

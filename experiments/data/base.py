@@ -7,7 +7,7 @@ DataLoader worker overhead, and identical for every method.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -37,6 +37,10 @@ class Dataset:
         tolerance: for regression, the squared error under which an example counts as solved;
             the loss then reports ``accuracy`` = fraction solved (e.g. 0.04 for the adding
             problem). ``None``: no accuracy for regression.
+        train_transform: applied by the loop to every training batch, ``transform(x,
+            generator) -> x`` with the run's seeded generator (augmentation, e.g.
+            :class:`experiments.data.augment.RandomCropFlip`); never to evaluation or the
+            diagnostics' probe. ``None``: no augmentation.
     """
 
     name: str
@@ -49,6 +53,7 @@ class Dataset:
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
     tolerance: float | None = None
+    train_transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "test", "val"):
@@ -103,6 +108,25 @@ def classification_dataset(
         x_test=torch.as_tensor(np.ascontiguousarray(x_test), dtype=torch.float32),
         y_test=torch.tensor(y_test, dtype=torch.int64),
     )
+
+
+def first_examples(
+    name: str, x: np.ndarray, y: np.ndarray, num_train: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``num_train`` training examples (all when ``None``), for short runs.
+
+    Raises:
+        ValueError: naming ``data.num_train`` unless it lies in ``[1, len(x)]``.
+    """
+    if num_train is None:
+        return x, y
+    is_int = isinstance(num_train, int) and not isinstance(num_train, bool)
+    if not is_int or not 1 <= num_train <= len(x):
+        raise ValueError(
+            f"data.num_train: must be null or an integer in [1, {len(x)}] ({name}'s training "
+            f"examples), got {num_train!r}"
+        )
+    return x[:num_train], y[:num_train]
 
 
 def standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

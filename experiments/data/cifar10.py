@@ -16,12 +16,19 @@ from __future__ import annotations
 import pickle
 import tarfile
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments.data.base import Dataset, DataUnavailableError, classification_dataset
+from experiments.data.augment import RandomCropFlip
+from experiments.data.base import (
+    Dataset,
+    DataUnavailableError,
+    classification_dataset,
+    first_examples,
+)
 from experiments.data.files import (
     check_root,
     default_cache_dir,
@@ -113,13 +120,25 @@ def _batches_dir(directory: Path, verify: bool = False) -> Path | None:
     return None
 
 
-def load_cifar10(root: str | None = None, download: bool = True) -> Dataset:
+def load_cifar10(
+    root: str | None = None,
+    download: bool = True,
+    num_train: int | None = None,
+    augment: bool = False,
+) -> Dataset:
     """CIFAR-10: 50000 train / 10000 test RGB 32x32 images in 10 classes.
 
     Images become float32 ``(n, 3, 32, 32)`` in [0, 1], standardised per channel with the
     training set's statistics. Looks for ``cifar-10-batches-py/`` (or the archive) in ``root``
     only when it is set, else in the download cache; downloads the archive there when
     ``download`` (checked against its published MD5 before it is unpacked).
+
+    Args:
+        root: ``data.root``, or ``None`` for the download cache.
+        download: whether a missing archive may be downloaded.
+        num_train: keep the first that many training examples (all when ``None``).
+        augment: random crops (padding 4) and horizontal flips of every training batch
+            (:class:`~experiments.data.augment.RandomCropFlip`, seeded by the run).
 
     Raises:
         DataUnavailableError: when ``root`` is not a folder, when no copy is found and none can
@@ -154,11 +173,17 @@ def load_cifar10(root: str | None = None, download: bool = True) -> Dataset:
             raise unreadable("cifar10", folder / name, error) from None
     train = [batches[name] for name in TRAIN_BATCHES]
     x_test, y_test = batches[TEST_BATCH]
-    x_train = np.concatenate([x for x, _ in train]).astype(np.float32) / 255.0
-    y_train = np.concatenate([y for _, y in train])
+    x_train, y_train = first_examples(
+        "cifar10",
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        num_train,
+    )
+    x_train = x_train.astype(np.float32) / 255.0
     x_test = x_test.astype(np.float32) / 255.0
     mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
     std = x_train.std(axis=(0, 2, 3), keepdims=True)
-    return classification_dataset(
+    dataset = classification_dataset(
         "cifar10", (x_train - mean) / std, y_train, (x_test - mean) / std, y_test, num_classes=10
     )
+    return replace(dataset, train_transform=RandomCropFlip(padding=4)) if augment else dataset

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.data.base import Dataset, classification_dataset, standardize
+from experiments.data.base import (
+    Dataset,
+    classification_dataset,
+    first_examples,
+    standardize,
+)
 from experiments.data.files import default_cache_dir, locate_files, unreadable
 
 UBYTE = 0x08
@@ -72,11 +77,13 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
         stream.write(header + array.tobytes())
 
 
-def load_idx_dataset(name: str, files: dict[str, Path]) -> Dataset:
+def load_idx_dataset(name: str, files: dict[str, Path], num_train: int | None = None) -> Dataset:
     """Build a 10-class dataset from the four IDX files.
 
-    Images ``(n, 28, 28)`` become float32 ``(n, 1, 28, 28)``, scaled to [0, 1] and standardised
-    with the training set's mean and std.
+    Images ``(n, 28, 28)`` become float32 images ``(n, 1, 28, 28)`` (``model=cnn`` reads them
+    as such; the MLP flattens them to 784 features), scaled to [0, 1] and standardised with the
+    training set's mean and std. With ``num_train``, only the first ``num_train`` training
+    examples are kept (before standardising; the test set is whole).
 
     Raises:
         DataUnavailableError: naming the file and the fix, if one cannot be read (truncated,
@@ -95,19 +102,23 @@ def load_idx_dataset(name: str, files: dict[str, Path]) -> Dataset:
     for images, labels in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):
         if len(arrays[images]) != len(arrays[labels]):
             raise ValueError(f"{name}: {images} and {labels} hold different numbers of examples")
+    x_train, y_train = first_examples(name, x_train, arrays[TRAIN_LABELS], num_train)
     x_train, x_test = standardize(x_train, x_test)
     return classification_dataset(
-        name, x_train, arrays[TRAIN_LABELS], x_test, arrays[TEST_LABELS], num_classes=10
+        name, x_train, y_train, x_test, arrays[TEST_LABELS], num_classes=10
     )
 
 
-def load_fashion_mnist(root: str | None = None, download: bool = True) -> Dataset:
+def load_fashion_mnist(
+    root: str | None = None, download: bool = True, num_train: int | None = None
+) -> Dataset:
     """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 60000 train / 10000 test, 28x28, 10 classes.
 
     Reads ``root`` only when it is set (downloading into it when ``download``); otherwise
     Debian's ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``), then
     the download cache (:func:`default_cache_dir`), downloading into the cache when
     ``download`` is true. Downloads are checked against the published MD5 checksums.
+    ``num_train``: keep the first that many training examples (all when ``None``).
 
     Raises:
         DataUnavailableError: when ``root`` is not a folder, when no copy is found and none can
@@ -124,15 +135,18 @@ def load_fashion_mnist(root: str | None = None, download: bool = True) -> Datase
         "directory and pass data.root=<that directory>.",
         checksums=FASHION_MNIST_MD5,
     )
-    return load_idx_dataset("fashion_mnist", files)
+    return load_idx_dataset("fashion_mnist", files, num_train)
 
 
-def load_mnist(root: str | None = None, download: bool = True) -> Dataset:
+def load_mnist(
+    root: str | None = None, download: bool = True, num_train: int | None = None
+) -> Dataset:
     """MNIST (LeCun et al. 1998): 60000 train / 10000 test, 28x28, 10 classes.
 
     Reads ``root`` only when it is set (downloading into it when ``download``); otherwise the
     download cache, downloading into it when ``download``. Downloads are checked against the
-    published MD5 checksums.
+    published MD5 checksums. ``num_train``: keep the first that many training examples (all
+    when ``None``).
 
     Raises:
         DataUnavailableError: when ``root`` is not a folder, when no copy is found and none can
@@ -150,4 +164,4 @@ def load_mnist(root: str | None = None, download: bool = True) -> Dataset:
         "default ~/.cache/backprop-bench/mnist).",
         checksums=MNIST_MD5,
     )
-    return load_idx_dataset("mnist", files)
+    return load_idx_dataset("mnist", files, num_train)

@@ -110,6 +110,15 @@ class MLP(nn.Module):
         """Number of linear layers (hidden layers + the output layer)."""
         return len(self.layers)
 
+    def layer_forward(self, index: int, h: torch.Tensor) -> torch.Tensor:
+        """Layer ``index``'s (0-based) output from its input ``h``, as in :meth:`forward_layers`.
+
+        ``f(W h + b)`` for a hidden layer, ``W h + b`` for the output layer; ``h`` is flattened
+        to ``(batch, features)`` (the same interface as :class:`~methods.networks.cnn.CNN`).
+        """
+        out = self.layers[index](h.flatten(1))
+        return self.activation(out) if index < len(self.layers) - 1 else out
+
     def forward_layers(self, x: torch.Tensor) -> list[torch.Tensor]:
         """All layer outputs ``[h_1, ..., h_{L-1}, o]``: hidden activations, then the logits.
 
