@@ -2,7 +2,7 @@
 
 * its description (the tag ``mlflow.note.content``, shown on the run page): the summary table of
   :mod:`analysis.summary` over the sweep's job runs (runs and statuses per configuration, mean
-  final metric over seeds with its 95% bootstrap interval, paired difference to backprop);
+  final metric over seeds with its 95% t interval, paired difference to backprop);
 * one metric per configuration, ``<metric>_mean/<configuration>`` (e.g.
   ``test_accuracy_mean/backprop``; the configuration is the method alone when nothing else
   varies among its runs), so that parents compare side by side in the runs table.
