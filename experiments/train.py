@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import math
 import os
@@ -64,6 +65,7 @@ from experiments.schema import DATA_HARNESS_KEYS, schema_keys, validate_config
 from experiments.tracking import RunTracker, check_store, close_sweep, fail_sweep
 from experiments.validation import ConfigError, check_tuned_choice, resolve_device
 from methods import Method, MethodConfigError, build_method
+from methods.base import locate
 from methods.losses import loss_for_task
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,10 @@ def load_data(cfg: DictConfig) -> Dataset:
         DataUnavailableError: if the files are missing and cannot be downloaded.
     """
     options = _options(cfg.data, DATA_HARNESS_KEYS)
+    # A harness key the loader also takes (digits' split_seed fixes its train/test split too)
+    # reaches it: stripping it would silently leave the loader on its own default.
+    accepted = inspect.signature(locate(options["_target_"])).parameters
+    options.update({k: cfg.data[k] for k in DATA_HARNESS_KEYS if k in accepted and k in cfg.data})
     try:
         dataset = instantiate(options)
     except DataUnavailableError:

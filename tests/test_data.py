@@ -47,6 +47,17 @@ def test_digits_fixed_split():
     assert abs(data.x_train.mean().item()) < 1e-5  # standardised on the training split
 
 
+def test_data_split_seed_reaches_a_loader_that_takes_it(make_config):
+    """digits' train/test split follows data.split_seed (the harness key the loader also takes)."""
+    from experiments.train import load_data
+
+    zero = load_data(make_config("data=digits"))
+    one = load_data(make_config("data=digits", "data.split_seed=1"))
+    assert torch.equal(zero.x_test, load_digits(split_seed=0).x_test)
+    assert torch.equal(one.x_test, load_digits(split_seed=1).x_test)
+    assert not torch.equal(zero.x_test, one.x_test)
+
+
 def write_tiny_idx(directory, n_train=12, n_test=5, compress=False):
     rng = np.random.default_rng(0)
     suffix = ".gz" if compress else ""

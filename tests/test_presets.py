@@ -17,12 +17,15 @@ from experiments.train import objective, run
 
 PRESETS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 # Data sizes that keep a job to about a second; the rest of each preset is kept as it is.
+DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 TINY_DATA = {
     "mnist1d": ["data.num_samples=600"],
     "mnist1d_seq": ["data.num_samples=600"],
     "adding": ["data.num_train=200", "data.num_test=100"],
     "copy": ["data.num_train=200", "data.num_test=100"],
     "digits": [],
+    # the real files (Debian's dataset-fashion-mnist); a few hundred training images
+    "fashion_mnist": ["data.num_train=300"],
 }
 
 
@@ -53,6 +56,8 @@ def test_first_job_reads_the_sweep_like_hydra():
 def test_every_preset_runs_one_tiny_job(make_config, preset):
     overrides = [f"experiment={preset}", *first_job(preset), "train.epochs=1"]
     cfg = make_config(*overrides)
+    if cfg.data.name == "fashion_mnist" and not Path(DEBIAN_FASHION).exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist (make data; .ci/run installs it)")
     cfg = make_config(*overrides, *TINY_DATA[cfg.data.name])
     if cfg.train.objective is not None:  # a tuning preset: one trial on one tuning seed
         cfg = make_config(*overrides, *TINY_DATA[cfg.data.name], "train.objective_seeds=[1000]")

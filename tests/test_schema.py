@@ -37,9 +37,9 @@ def failure_line(make_config, *overrides):
     [
         (
             "train.epoch=3",
-            "train.epoch: unknown key; train has only: batch_size, checkpoint_every, epochs, "
-            "eval_batch_size, lr_schedule, lr_step_epochs, lr_step_factor, objective, "
-            "objective_seeds",
+            "train.epoch: unknown key; train has only: batch_size, checkpoint_dir, "
+            "checkpoint_every, epochs, eval_batch_size, lr_schedule, lr_step_epochs, "
+            "lr_step_factor, objective, objective_seeds",
         ),
         ("method.lr=0.1", "method.lr: unknown key; method has only: name, optimizer"),
         (
