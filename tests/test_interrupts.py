@@ -41,8 +41,14 @@ def test_handlers_are_restored_and_nothing_is_held_without_delivery():
     with deliver_interrupts():
         pass
     assert {s: signal.getsignal(s) for s in before} == before
-    with held_interrupts(), pytest.raises(KeyboardInterrupt):  # Python's default handler
-        send(signal.SIGINT)
+    # Python's own handler, set here: a shell that starts pytest in the background has SIGINT
+    # ignored, and Python then keeps it ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with held_interrupts(), pytest.raises(KeyboardInterrupt):
+            send(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_inside_a_metric_write_keeps_the_metric_and_kills_the_run(make_config):
