@@ -155,15 +155,3 @@ def test_every_relative_link_points_to_an_existing_file(page):
         elif anchor and path.suffix == ".md" and anchor not in anchors(path):
             missing.append(target)  # the file exists, the heading does not
     assert missing == []
-
-
-def _fenced_after(text: str, marker: str) -> str:
-    return text.split(marker, 1)[1].split("```", 1)[0]
-
-
-def test_the_adding_a_method_page_shows_the_readme_example_unchanged():
-    """tests/test_methods.py runs the README's copy; the docs page must not drift from it."""
-    readme = (ROOT / "README.md").read_text()
-    page = (ROOT / "docs" / "adding-a-method.md").read_text()
-    for marker in ("# methods/sign_sgd.py\n", "# conf/method/sign_sgd.yaml\n"):
-        assert _fenced_after(page, marker) == _fenced_after(readme, marker)

@@ -127,17 +127,17 @@ def test_method_is_abstract():
         Method(MLP(1, [1], 1), CrossEntropy())
 
 
-def test_readme_example_method_plugs_in_unchanged(make_config):
-    """The README's "Adding a method" module, as printed there, trains through the loop."""
+def test_the_documented_example_method_plugs_in_unchanged(make_config):
+    """docs/adding-a-method.md's module, as printed there, trains through the loop."""
     from pathlib import Path
 
     from experiments.train import run
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = readme.split("# methods/sign_sgd.py\n", 1)[1].split("```", 1)[0]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "adding-a-method.md").read_text()
+    code = page.split("# methods/sign_sgd.py\n", 1)[1].split("```", 1)[0]
     exec(compile(code, "methods/sign_sgd.py", "exec"), {"__name__": "methods.sign_sgd"})
     assert "sign_sgd" in available_methods()
-    # backprop's config renamed (the README's yaml is not in conf/), without backprop's tuned values
+    # backprop's config renamed (the page's yaml is not in conf/), without backprop's tuned values
     cfg = make_config("data=digits", "train.epochs=1", "method.name=sign_sgd", "~tuned")
     final = run(cfg)
     assert final["test_accuracy"] > 0.5
