@@ -659,6 +659,7 @@ class RunTracker:
                 f"resume: no run {run_id} in the store {self.cfg.mlflow.tracking_uri}"
             ) from None
         self.run_id = run_id
+        self.experiment_id = run.info.experiment_id  # for the run's UI address
         self.client.update_run(run_id, status="RUNNING")
         if FAILURE_TAG in run.data.tags:
             self.client.delete_tag(run_id, FAILURE_TAG)

@@ -4,6 +4,7 @@ refused with one line."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -173,7 +174,7 @@ def test_kill_9_after_epoch_2_then_resume_ends_as_the_uninterrupted_run(
 
 
 def test_interrupted_in_process_then_resumed_equals_uninterrupted(
-    make_config, tmp_path, monkeypatch
+    make_config, tmp_path, monkeypatch, caplog
 ):
     """The fast variant (no subprocess): Ctrl-C right after epoch 2's checkpoint, then resume."""
     from experiments import train
@@ -194,8 +195,11 @@ def test_interrupted_in_process_then_resumed_equals_uninterrupted(
     run_id, path = only_run(killed_dir)
     client = make_client(mlflow.get_tracking_uri())
     assert client.get_run(run_id).info.status == "KILLED"
-    run(make_config(*overrides("dtp", killed_dir), f"resume={path}"))  # a path works too
+    with caplog.at_level(logging.INFO, logger="experiments.tracking"):
+        run(make_config(*overrides("dtp", killed_dir), f"resume={path}"))  # a path works too
     assert client.get_run(run_id).info.status == "FINISHED"
+    experiment_id = client.get_run(run_id).info.experiment_id
+    assert f"/#/experiments/{experiment_id}/runs/{run_id}" in caplog.text  # the UI address
     assert "failure_reason" not in client.get_run(run_id).data.tags
     plain_id, plain_file = only_run(plain_dir)
     a, b = training_state(load_checkpoint(plain_file)), training_state(load_checkpoint(path))

@@ -73,10 +73,17 @@ def main(argv: Sequence[str] | None = None) -> list[report.Row]:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 rounds (tests, CI)")
     parser.add_argument("--rounds", type=int, help="timed rounds of every case (default: per case)")
     parser.add_argument("--only", help="groups: a=harness, b=methods, c=flops, d=official")
-    parser.add_argument("--out", type=Path, default=Path("reports/bench"), help="output folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default reports/bench, or reports/bench-quick with --quick, so a "
+        "quick check never overwrites a full run's tables)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
     parser.add_argument("--clock", choices=sorted(timing.CLOCKS), default="cpu")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path("reports/bench-quick" if args.quick else "reports/bench")
     try:
         groups = parse_groups(args.only)
         if args.rounds is not None and args.rounds < 1:
