@@ -33,7 +33,7 @@ while ``M_i`` predicts exactly zero, as its zero-initialised output layer does a
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import torch
@@ -45,6 +45,28 @@ from methods.geometry import cosine
 from methods.losses import CrossEntropy, Loss
 from methods.networks import CNN, MLP
 from methods.options import Bounds, OptimizerConfig
+
+
+def zero_output_stack(
+    sizes: Sequence[int], layer: Callable[[int, int], nn.Module]
+) -> nn.Sequential:
+    """``layer(sizes[0], sizes[1])``, ReLU, ..., ``layer(sizes[-2], sizes[-1])``, the last at zero.
+
+    A synthetic-gradient module starts by predicting a zero gradient (Jaderberg et al. 2017,
+    Sec. 3), so the last layer's weight and bias are zero-initialised.
+
+    Args:
+        sizes: widths (or channels) from input to output, at least two.
+        layer: builds one affine layer from its input and output sizes (``nn.Linear``, a conv).
+    """
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(layer(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    nn.init.zeros_(layers[-1].weight)
+    nn.init.zeros_(layers[-1].bias)
+    return nn.Sequential(*layers)
 
 
 class SyntheticGradientModule(nn.Module):
@@ -60,15 +82,7 @@ class SyntheticGradientModule(nn.Module):
 
     def __init__(self, width: int, context_size: int = 0, hidden_sizes: Sequence[int] = ()):
         super().__init__()
-        sizes = [width + context_size, *hidden_sizes, width]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-        nn.init.zeros_(layers[-1].weight)
-        nn.init.zeros_(layers[-1].bias)
-        self.net = nn.Sequential(*layers)
+        self.net = zero_output_stack([width + context_size, *hidden_sizes, width], nn.Linear)
 
     def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted ``dL/dh`` for ``h`` ``(batch, width)`` and optional ``context``."""
@@ -97,15 +111,10 @@ class ConvSyntheticGradientModule(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        sizes = [channels + context_size, *hidden_channels, channels]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Conv2d(a, b, kernel_size, padding=kernel_size // 2))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-        nn.init.zeros_(layers[-1].weight)
-        nn.init.zeros_(layers[-1].bias)
-        self.net = nn.Sequential(*layers)
+        self.net = zero_output_stack(
+            [channels + context_size, *hidden_channels, channels],
+            lambda a, b: nn.Conv2d(a, b, kernel_size, padding=kernel_size // 2),
+        )
 
     def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted ``dL/dh`` for ``h`` ``(batch, C, H, W)`` and optional ``context``."""
