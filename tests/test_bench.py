@@ -164,3 +164,24 @@ def test_unknown_group_is_one_line(capsys):
 def test_only_selects_groups_by_letter_or_name():
     assert bench.parse_groups("a, flops") == ["harness", "flops"]
     assert bench.parse_groups(None) == ["harness", "methods", "flops", "official"]
+
+
+def test_methods_keeps_only_their_rows_against_the_reference(tmp_path):
+    rows = bench.main(["--quick", "--methods", "dtp,cdni", "--out", str(tmp_path)])
+    assert {
+        (row.case.split(":")[0] if row.group == "official" else row.group, row.job) for row in rows
+    } >= {
+        ("methods", "dtp"),
+        ("methods", "cdni"),
+        ("dtp", "dtp"),
+        ("dni", "cdni (linear)"),
+    }
+    assert {row.job.split(" ")[0] for row in rows} == {"dtp", "cdni"}
+    assert {row.reference for row in rows} == {"backprop"}
+
+
+def test_methods_option_needs_a_method(capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--methods", " , "])
+    assert stop.value.code == 2
+    assert "--methods: give at least one method" in capsys.readouterr().err

@@ -1,7 +1,8 @@
-"""``python -m experiments.bench [--quick] [--rounds N] [--only a,b] [--out reports/bench/]``.
+"""``python -m experiments.bench [--quick] [--rounds N] [--only a,b] [--methods m,..] [--out DIR]``.
 
 Runs the cases of :mod:`experiments.bench.cases` (all, or the groups named by ``--only``: letters
-``a``-``d`` or names ``harness``, ``methods``, ``flops``, ``official``), prints each row as it
+``a``-``d`` or names ``harness``, ``methods``, ``flops``, ``official``; ``--methods`` keeps only
+the rows of those methods, each still against its case's reference), prints each row as it
 is measured, and writes ``bench.csv`` and ``bench.md`` into ``--out``. Exit status 2, with one
 line, for a bad option.
 """
@@ -36,9 +37,28 @@ def parse_groups(text: str | None) -> list[str]:
     return groups
 
 
-def run_case(case: cases.Case, rounds: int, clock: timing.Clock) -> list[report.Row]:
-    """Time one case's jobs interleaved and summarise each against the reference."""
+def keeps(job: str, methods: Sequence[str] | None) -> bool:
+    """Whether ``--methods`` keeps the row of ``job`` (its first word names the method)."""
+    return methods is None or job.split(" ")[0] in methods
+
+
+def run_case(
+    case: cases.Case, rounds: int, clock: timing.Clock, methods: Sequence[str] | None = None
+) -> list[report.Row]:
+    """Time one case's jobs interleaved and summarise each against the reference.
+
+    ``methods``: time only these methods' jobs beside the reference (all when ``None``); a case
+    with none of them is skipped (no rows).
+    """
     comparison = case.build()
+    chosen = {
+        job: run
+        for job, run in comparison.jobs.items()
+        if job == comparison.reference or keeps(job, methods)
+    }
+    if len(chosen) < 2:
+        return []
+    comparison.jobs = chosen
     times = timing.interleaved_times(comparison.jobs, rounds, clock)
     ratios = timing.per_round_ratios(times, comparison.reference)
     reference_seconds = float(np.median(times[comparison.reference]))
@@ -73,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> list[report.Row]:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 rounds (tests, CI)")
     parser.add_argument("--rounds", type=int, help="timed rounds of every case (default: per case)")
     parser.add_argument("--only", help="groups: a=harness, b=methods, c=flops, d=official")
+    parser.add_argument("--methods", help="comma-separated methods: only their rows, e.g. dtp,drl")
     parser.add_argument(
         "--out",
         type=Path,
@@ -86,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> list[report.Row]:
         args.out = Path("reports/bench-quick" if args.quick else "reports/bench")
     try:
         groups = parse_groups(args.only)
+        methods = None
+        if args.methods is not None:
+            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+            if not methods:
+                raise ValueError("--methods: give at least one method, e.g. --methods dtp,drl")
         if args.rounds is not None and args.rounds < 1:
             raise ValueError(f"--rounds: must be at least 1, got {args.rounds}")
         if args.threads < 1:
@@ -99,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> list[report.Row]:
         for case in cases.all_cases(args.quick):
             if case.group not in groups:
                 continue
-            for row in run_case(case, args.rounds or case.rounds, clock):
+            if methods is not None and not any(keeps(m, methods) for m in case.methods):
+                continue
+            for row in run_case(case, args.rounds or case.rounds, clock, methods):
                 rows.append(row)
                 print(
                     f"{row.group:8} {row.case:48} {row.job:24} / {row.reference:16} "

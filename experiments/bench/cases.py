@@ -46,12 +46,15 @@ class Case:
         name: what was measured, with its shapes (e.g. ``mnist1d 40-256-256-10 b100``).
         rounds: default number of timed rounds (``--rounds`` overrides it).
         build: makes the :class:`Comparison` (models, data) when the case is run.
+        methods: the first word of each compared job's name (``harness``, ``training``, or a
+            method), so ``--methods`` can skip a case without building it.
     """
 
     group: str
     name: str
     rounds: int
     build: Callable[[], Comparison]
+    methods: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def harness_case(shapes: Shapes, rounds: int) -> Case:
             reference="bare torch loop",
         )
 
-    return Case("harness", shapes.label(), rounds, build)
+    return Case("harness", shapes.label(), rounds, build, ("harness",))
 
 
 def methods_case(
@@ -136,7 +139,7 @@ def methods_case(
             built[name] = jobs.harness_epoch(method, data, shapes.batch, cfg.train.eval_batch_size)
         return Comparison(jobs=built, reference=reference)
 
-    return Case(group, shapes.label(model, label), rounds, build)
+    return Case(group, shapes.label(model, label), rounds, build, tuple(methods))
 
 
 def flops_case(shapes: Shapes, gemm: int, rounds: int) -> Case:
@@ -159,7 +162,7 @@ def flops_case(shapes: Shapes, gemm: int, rounds: int) -> Case:
             flops={name: gemm_flops, "training step": step_flops},
         )
 
-    return Case("flops", shapes.label(), rounds, build)
+    return Case("flops", shapes.label(), rounds, build, ("training",))
 
 
 def all_cases(quick: bool = False) -> list[Case]:
@@ -231,4 +234,4 @@ def _official_case(
 
     tag = ", synthesiser 256" if what == "dni" else ""
     tag += ", tanh" if what == "dtp" else ""
-    return Case("official", f"{what}: {shapes.label(extra=tag)}", rounds, build)
+    return Case("official", f"{what}: {shapes.label(extra=tag)}", rounds, build, tuple(methods))
