@@ -36,5 +36,6 @@ class Backprop(Method):
         """Write ``dL/dtheta`` into ``.grad``; returns the batch ``loss`` (and ``accuracy``)."""
         self.zero_grad()
         output = self.model(x)
-        self.loss(output, y).backward()
-        return self.loss.metrics(output.detach(), y)
+        loss = self.loss(output, y)
+        loss.backward()
+        return self.loss.metrics(output.detach(), y, loss.detach())

@@ -298,6 +298,8 @@ class Method(metaclass=MethodMeta):
         name: the registered name (set by :func:`register_method`).
         model: the network being trained; its ``forward`` maps ``(batch, *features)`` to
             ``(batch, outputs)``.
+        model_parameters: ``tuple(model.parameters())``, taken when the method is built (the
+            model's parameters are never replaced; loading weights copies into them).
         loss: the task loss.
         optimizer: the optimiser that applies the update written into ``.grad``, or ``None``.
         epoch: the current epoch, 1-based, set by the loop through :meth:`on_epoch_start`; 1
@@ -319,6 +321,9 @@ class Method(metaclass=MethodMeta):
     def __init__(self, model: nn.Module, loss: Loss) -> None:
         self.model = model
         self.loss = loss
+        # The model's parameters, listed once: walking the module tree costs about as much as a
+        # small MLP's whole metric computation, on every step (zero_grad).
+        self.model_parameters: tuple[nn.Parameter, ...] = tuple(model.parameters())
         self.optimizer: torch.optim.Optimizer | None = None
         self.epoch = 1
         self.means = EpochMeans()
@@ -411,7 +416,7 @@ class Method(metaclass=MethodMeta):
 
     def zero_grad(self) -> None:
         """Clear ``.grad`` of every model parameter (set to ``None``)."""
-        for param in self.model.parameters():
+        for param in self.model_parameters:
             param.grad = None
 
     def check_budget(self, epochs: int, batches_per_epoch: int) -> None:
@@ -476,8 +481,8 @@ class Method(metaclass=MethodMeta):
     def state_dict(self) -> dict[str, Any]:
         """Everything this method carries between steps, except the model, for a checkpoint.
 
-        The default saves every instance attribute but ``model`` and ``loss`` (the checkpoint
-        saves the model itself; the loss has no state) and those in
+        The default saves every instance attribute but ``model``, ``model_parameters`` and
+        ``loss`` (the checkpoint saves the model itself; the loss has no state) and those in
         :attr:`transient_attributes`: modules and optimisers by their ``state_dict()``,
         :class:`EpochMeans` by theirs, tensors, ``None``, numbers, strings, and lists, tuples
         and string-keyed dicts of these (e.g. per-layer optimisers, feedback matrices, the
@@ -517,7 +522,7 @@ class Method(metaclass=MethodMeta):
 
 
 # Attributes the default Method.state_dict leaves out: the checkpoint saves the model itself.
-_NOT_METHOD_STATE = frozenset({"model", "loss"})
+_NOT_METHOD_STATE = frozenset({"model", "loss", "model_parameters"})
 _PLAIN = (type(None), bool, int, float, str)
 
 

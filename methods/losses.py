@@ -6,6 +6,7 @@ that task, so the loop never branches on the task type.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -25,8 +26,15 @@ class Loss(ABC):
         """Batch-mean loss of ``output`` ``(batch, outputs)`` against ``target``."""
 
     @abstractmethod
-    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        """Batch-mean metrics, always including ``"loss"``."""
+    def metrics(
+        self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """Batch-mean metrics, always including ``"loss"``.
+
+        ``loss``: this batch's ``self(output, target)`` if the caller computed it already (e.g.
+        for its backward pass); it is reported as is instead of being computed a second time,
+        which on a small network costs about 1% of a training step.
+        """
 
 
 class CrossEntropy(Loss):
@@ -59,13 +67,20 @@ class CrossEntropy(Loss):
         return F.cross_entropy(*self._flat(output, target))
 
     @torch.no_grad()
-    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        """``{"loss": nats, "accuracy": fraction}`` of the batch."""
+    def metrics(
+        self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """``{"loss": nats, "accuracy": fraction}`` of the batch (``nan`` if nothing is scored)."""
         output, target = self._flat(output, target)
+        if loss is None:
+            loss = F.cross_entropy(output, target)
         scored = target != IGNORE_INDEX
+        # Counting with a mask, not indexing by it: boolean indexing copies (twice the time).
+        correct = (output.argmax(dim=1) == target).logical_and_(scored).sum().item()
+        n_scored = scored.sum().item()
         return {
-            "loss": F.cross_entropy(output, target).item(),
-            "accuracy": (output.argmax(dim=1) == target)[scored].float().mean().item(),
+            "loss": loss.item(),
+            "accuracy": correct / n_scored if n_scored else math.nan,
         }
 
 
@@ -90,9 +105,13 @@ class MeanSquaredError(Loss):
         return F.mse_loss(output, target)
 
     @torch.no_grad()
-    def metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    def metrics(
+        self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor | None = None
+    ) -> dict[str, float]:
         """``{"loss": mean squared error}`` of the batch, and ``accuracy`` with a tolerance."""
-        metrics = {"loss": F.mse_loss(output, target).item()}
+        if loss is None:
+            loss = F.mse_loss(output, target)
+        metrics = {"loss": loss.item()}
         if self.tolerance is not None:
             errors = (output - target).pow(2).flatten(1).mean(dim=1)
             metrics["accuracy"] = (errors < self.tolerance).float().mean().item()

@@ -66,6 +66,24 @@ def test_cross_entropy_hand_value_and_accuracy():
     assert metrics["accuracy"] == 0.5  # argmax of a tie is class 0: right; second: wrong
 
 
+def test_cross_entropy_metrics_skip_ignored_targets_and_reuse_a_given_loss():
+    from methods.losses import IGNORE_INDEX
+
+    # Per-step outputs (batch 1, 3 steps, 2 classes); the first step is not scored.
+    logits = torch.tensor([[[5.0, 0.0], [0.0, 1.0], [3.0, 0.0]]])
+    target = torch.tensor([[IGNORE_INDEX, 1, 1]])
+    expected = (math.log(1 + math.e**-1) + math.log(1 + math.e**3)) / 2
+    metrics = CrossEntropy().metrics(logits, target)
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-6)
+    assert metrics["accuracy"] == 0.5  # step 2 right, step 3 wrong; step 1 not counted
+    nothing = torch.full((1, 3), IGNORE_INDEX)
+    assert math.isnan(CrossEntropy().metrics(logits, nothing)["accuracy"])
+    # A loss the caller already has is reported as given, not recomputed.
+    given = torch.tensor(7.25)
+    assert CrossEntropy().metrics(logits, target, given)["loss"] == 7.25
+    assert MeanSquaredError().metrics(torch.zeros(1, 2), torch.ones(1, 2), given) == {"loss": 7.25}
+
+
 def test_mse_hand_value():
     output = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
     target = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
