@@ -45,6 +45,7 @@ This package is a torch-only library: nothing in ``methods/`` imports the harnes
 from __future__ import annotations
 
 import importlib
+import inspect
 from abc import ABCMeta, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -219,6 +220,16 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """Build a ``torch.optim`` optimiser from a Hydra-style config.
 
+    Where the optimiser has a fused implementation (``fused=True``: Adam, AdamW, SGD, Adagrad
+    on CPU and CUDA) and the config sets neither ``fused`` nor ``foreach``, the fused one is
+    used: the same update rule in one kernel per tensor, where the default implementation
+    runs about eight elementwise passes from Python. On a 784-256-256-10 MLP at batch 64
+    (one CPU thread) Adam's step drops from about 3.4 ms to 0.9 ms, which was a third of
+    backprop's step and more of DNI's. The result is not bit-identical to the per-tensor
+    implementation (different rounding, about 4e-8 in the weights after 20 Adam steps); set
+    ``fused: false`` in the optimiser's config for the unfused form. Parameters the fused
+    kernels do not support fall back to the default implementation.
+
     Args:
         params: the parameters it will update.
         config: ``{"_target_": "torch.optim.Adam", "lr": 1e-3, ...}``; any optimiser class
@@ -241,10 +252,24 @@ def make_optimizer(
         raise MethodConfigError(f"{key}._target_: cannot import {target!r}") from error
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise MethodConfigError(f"{key}._target_: {target!r} is not a torch optimiser")
+    params = list(params)
+    if "fused" not in options and "foreach" not in options and _has_fused(cls):
+        try:
+            return cls(params, fused=True, **options)
+        except (RuntimeError, TypeError, ValueError):
+            pass  # unsupported parameters (device, dtype) or options: the default form decides
     try:
-        return cls(list(params), **options)
+        return cls(params, **options)
     except (TypeError, ValueError) as error:
         raise MethodConfigError(f"{key} ({target}): {error}") from error
+
+
+def _has_fused(cls: type[torch.optim.Optimizer]) -> bool:
+    """Whether the optimiser class takes ``fused`` (torch's fused implementations)."""
+    try:
+        return "fused" in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class EpochMeans:

@@ -128,6 +128,14 @@ class ConvSyntheticGradientModule(nn.Module):
 class DecoupledNeuralInterfaces(Method):
     """Feed-forward DNI / cDNI (Jaderberg et al. 2017).
 
+    Cost: each step is backprop's forward and backward (in per-block pieces) plus every
+    ``M_i``'s forward, backward and optimiser step. With the official feed-forward setup's
+    one-hidden-layer 256-unit modules on a 784-256-256-10 network, the two modules hold
+    263k parameters against the network's 269k, and their matrix products take more FLOPs
+    than the network's (about 84 against 78 MFLOP at batch 64), so a step costs at least about
+    twice backprop's; the default two 1024-unit hidden layers cost about 8 times more again
+    (docs/performance.md).
+
     Departures from the paper, with the reason:
 
     * Network: the shared MLP without batch norm (the paper's feed-forward nets have 256-unit
@@ -155,6 +163,9 @@ class DecoupledNeuralInterfaces(Method):
     Raises:
         MethodConfigError: for a model that is neither an MLP nor a CNN, or bad options.
     """
+
+    # A tuple of the modules' own parameters (saved with the modules), not state of its own.
+    transient_attributes = frozenset({"synthetic_parameters"})
 
     def __init__(
         self,
@@ -184,9 +195,11 @@ class DecoupledNeuralInterfaces(Method):
             else SyntheticGradientModule(shape[0], context, hidden_sizes)
             for shape in shapes
         ).to(next(model.parameters()))
+        # Listed once: the modules' parameters never change identity (checkpoints load into them).
+        self.synthetic_parameters = tuple(self.synthetic_modules.parameters())
         self.optimizer = make_optimizer(model.parameters(), optimizer)
         self.synthetic_optimizer = make_optimizer(
-            self.synthetic_modules.parameters(), synthetic_optimizer, "method.synthetic_optimizer"
+            self.synthetic_parameters, synthetic_optimizer, "method.synthetic_optimizer"
         )
 
     def context(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
@@ -273,13 +286,14 @@ class DecoupledNeuralInterfaces(Method):
                 self.synthetic_modules, hidden, targets, predictions
             )
         ]
-        params = list(self.synthetic_modules.parameters())
+        params = self.synthetic_parameters
         for param, grad in zip(params, torch.autograd.grad(sum(losses), params)):
             param.grad = grad
         self.synthetic_optimizer.step()
-        for i, value in enumerate(losses, start=1):
-            self.means.add(f"sg_loss_layer{i}", value.item())
-        return [value.item() for value in losses]
+        values = [value.item() for value in losses]
+        for i, value in enumerate(values, start=1):
+            self.means.add(f"sg_loss_layer{i}", value)
+        return values
 
     def true_hidden_gradients(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """Backprop's ``dL/dh_i`` for i = 1..H on a batch (no ``.grad`` touched)."""
@@ -291,11 +305,12 @@ class DecoupledNeuralInterfaces(Method):
         metrics = self.means.values()
         if self.probe is not None:
             x, y = self.probe
-            true = self.true_hidden_gradients(x, y)
+            activations = self.model.forward_layers(x)  # one forward serves both sides
+            true = torch.autograd.grad(self.loss(activations[-1], y), activations[:-1])
             with torch.no_grad():
-                hidden = self.model.forward_layers(x)[:-1]
-                for i, (h, g) in enumerate(zip(hidden, true), start=1):
-                    metrics[f"sg_cosine_layer{i}"] = cosine(self.synthetic_gradient(i, h, y), g)
+                for i, (h, g) in enumerate(zip(activations[:-1], true), start=1):
+                    prediction = self.synthetic_gradient(i, h.detach(), y)
+                    metrics[f"sg_cosine_layer{i}"] = cosine(prediction, g)
         return metrics
 
 

@@ -56,6 +56,36 @@ def test_make_optimizer_errors_name_the_key(config, message):
         make_optimizer(model.parameters(), config, key="method.feedback_optimizer")
 
 
+def test_make_optimizer_prefers_fused_kernels_unless_the_config_chooses():
+    params = [torch.nn.Parameter(torch.randn(3, 4))]
+    adam = {"_target_": "torch.optim.Adam", "lr": 0.1}
+    assert make_optimizer(params, adam).defaults["fused"] is True
+    assert make_optimizer(params, {**adam, "fused": False}).defaults["fused"] is False
+    chosen = make_optimizer(params, {**adam, "foreach": True}).defaults
+    assert chosen["foreach"] is True and not chosen["fused"]
+    # Options the fused kernels refuse fall back to the default implementation.
+    assert not make_optimizer(params, {**adam, "differentiable": True}).defaults["fused"]
+    # No fused form: built as configured.
+    assert "fused" not in make_optimizer(params, {"_target_": "torch.optim.RMSprop"}).defaults
+
+
+def test_fused_adam_takes_the_same_steps_as_the_default_adam():
+    torch.manual_seed(0)
+    start = torch.randn(50, 20)
+    results = []
+    for fused in (True, False):
+        param = torch.nn.Parameter(start.clone())
+        optimizer = make_optimizer(
+            [param], {"_target_": "torch.optim.Adam", "lr": 1e-2, "fused": fused}
+        )
+        for step in range(20):
+            param.grad = torch.sin(param.detach() * (step + 1))
+            optimizer.step()
+        results.append(param.detach())
+    assert not torch.equal(start, results[0])
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)
+
+
 def test_backprop_grad_is_inspectable_before_the_update_and_equals_autograd():
     model, x, y = tiny_problem()
     method = build_method("backprop", model, CrossEntropy(), {"optimizer": SGD})
