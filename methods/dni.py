@@ -224,37 +224,42 @@ class DecoupledNeuralInterfaces(Method):
         return [*super().optimizers(), self.synthetic_optimizer]
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Write the synthetic-gradient updates into ``.grad``, then train the modules."""
+        """Write the synthetic-gradient updates into ``.grad``, then train the modules.
+
+        Every block's input is detached, so each block's backward pass is separate. They run as
+        one call of the autograd engine (``torch.autograd.backward`` on every block's output
+        with its own ``grad_outputs``), which computes exactly what one call per block would.
+        """
         self.keep_probe(x, y)
         self.zero_grad()
-        layers = self.model.layers
-        hidden_count = len(layers) - 1
-        inputs = [x.flatten(1) if isinstance(self.model, MLP) else x]  # inputs of the blocks
-        below: list[torch.Tensor] = []  # (dh_i/dh_{i-1})^T M_i(h_i), the target for M_{i-1}
+        hidden_count = len(self.model.layers) - 1
+        h = x.flatten(1) if isinstance(self.model, MLP) else x
+        hidden: list[torch.Tensor] = []  # h_i, detached: the inputs of the modules
+        leaves: list[torch.Tensor] = []  # detached inputs of blocks 2..H+1, to get dL/d(input)
+        outputs: list[torch.Tensor] = []  # block outputs, with their block's graph
+        grad_outputs: list[torch.Tensor | None] = []  # M_i(h_i), detached (the backward signal)
         predictions = []  # M_i(h_i) with its graph, reused to train M_i (one forward, not two)
         for i in range(1, hidden_count + 1):
-            h_in = inputs[-1].detach().requires_grad_(i > 1)
+            h_in = h.detach().requires_grad_(i > 1)
+            if i > 1:
+                leaves.append(h_in)
             h = self.model.layer_forward(i - 1, h_in)
             prediction = self.synthetic_gradient(i, h.detach(), y)
             predictions.append(prediction)
-            params = list(layers[i - 1].parameters())
-            grads = torch.autograd.grad(
-                h, params + ([h_in] if i > 1 else []), grad_outputs=prediction.detach()
-            )
-            for param, grad in zip(params, grads):
-                param.grad = grad
-            if i > 1:
-                below.append(grads[-1])
-            inputs.append(h.detach())
-        h_top = inputs[-1].requires_grad_(True)
+            outputs.append(h)
+            grad_outputs.append(prediction.detach())
+            hidden.append(h.detach())
+        h_top = h.detach().requires_grad_(True)
+        leaves.append(h_top)
         output = self.model.layer_forward(hidden_count, h_top)
-        params = list(layers[-1].parameters())
-        *grads, true_top = torch.autograd.grad(self.loss(output, y), [*params, h_top])
-        for param, grad in zip(params, grads):
-            param.grad = grad
-        targets = [*below, true_top]  # target of M_i: from block i + 1, or the true gradient
-        self.train_synthetic(inputs[1:], targets, y, predictions)
-        return self.loss.metrics(output.detach(), y)
+        loss = self.loss(output, y)
+        # The output block gets the true gradient; below it, (dh_i/dtheta_i)^T M_i(h_i).
+        torch.autograd.backward([*outputs, loss], [*grad_outputs, None])
+        # Target of M_i: (dh_{i+1}/dh_i)^T M_{i+1}(h_{i+1}) from block i + 1, or for the last
+        # hidden layer the true dL/dh_H; each is the .grad of block i + 1's detached input.
+        targets = [leaf.grad for leaf in leaves]
+        self.train_synthetic(hidden, targets, y, predictions)
+        return self.loss.metrics(output.detach(), y, loss.detach())
 
     def train_synthetic(
         self,
