@@ -19,6 +19,8 @@ GROUPS = {"a": "harness", "b": "methods", "c": "flops", "d": "official"}
 MLP_METHODS = ("backprop", "dtp", "drl", "hsic", "altmin", "dni", "cdni", "fa", "dfa")
 NUMPY_METHODS = ("numpy_backprop",)
 RNN_METHODS = ("bptt", "tbptt", "dni_rnn")
+# Every method that trains model=cnn (altmin and numpy_backprop refuse it, with the reason).
+CNN_METHODS = ("backprop", "fa", "dfa", "dni", "cdni", "hsic", "dtp", "drl", "ldrl")
 
 
 @dataclass
@@ -192,6 +194,17 @@ def _cases(tiny: bool, rounds: Callable[[int], int]) -> Iterator[Case]:
     for shapes, n in ((mnist1d, 15), (fashion, 5)):
         yield methods_case(shapes, MLP_METHODS + NUMPY_METHODS, "backprop", rounds(n))
     yield methods_case(seq, RNN_METHODS, "bptt", rounds(7), model="rnn")
+    # The LeNet-like net (conf/model/cnn.yaml) on Fashion-MNIST images, as in cnn_compare.
+    images = Shapes(
+        "fashion_mnist",
+        (1, 28, 28),
+        60 if tiny else 1000,
+        10 if tiny else 100,
+        (),
+        20 if tiny else 100,
+    )
+    narrow = ("model.channels=[4,8]", "model.hidden_sizes=[16]") if tiny else ()
+    yield methods_case(images, CNN_METHODS, "backprop", rounds(5), model="cnn", extra=narrow)
 
     yield flops_case(wide, 64 if tiny else 2048, rounds(7))
 
