@@ -59,6 +59,22 @@ def test_unknown_method_lists_the_options(tmp_path, tracking_uri):
     assert "backprop" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("override", "choices"), [("experiment=comparre", "compare"), ("search=dttp", "dtp")]
+)
+def test_unknown_preset_or_search_space_is_refused_not_skipped(
+    tmp_path, tracking_uri, override, choices
+):
+    # Both groups are empty by default; a misspelt choice must not run the default job.
+    result = train(tmp_path, tracking_uri, override, experiment="cli_unknown_preset")
+    assert result.returncode == 2
+    group, name = override.split("=")
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: Could not find '{group}/{name}'; {group} options: ")
+    assert choices in lines[-1] and "Traceback" not in result.stderr
+    assert not finished_runs(tracking_uri, "cli_unknown_preset")
+
+
 def test_typo_in_a_key_is_named_with_the_valid_keys(tmp_path, tracking_uri):
     result = train(tmp_path, tracking_uri, "train.epoch=3", experiment="cli_typo")
     assert result.returncode == 2 and "Traceback" not in result.stderr
