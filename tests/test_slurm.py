@@ -83,15 +83,26 @@ def slurm_job_id(env, tmp_path):
     return job_id
 
 
-def attempts(env, job_id):
-    """SLURM's accounting of every attempt of a job (``sacct -D``): their states, in order."""
-    return subprocess.run(
-        ["sacct", "-X", "-D", "-n", "-P", "-o", "State", "-j", job_id],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+def attempts(env, job_id, timeout=60):
+    """SLURM's accounting of every attempt of a job (``sacct -D``): their states, in order.
+
+    Waits until the last attempt is over: submitit returns a job's result as soon as its result
+    file exists, possibly before slurmdbd has recorded the job's end.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        states = subprocess.run(
+            ["sacct", "-X", "-D", "-n", "-P", "-o", "State", "-j", job_id],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if states and states[-1] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
+            return states
+        if time.monotonic() > deadline:
+            return states
+        time.sleep(1)
 
 
 def wait_for(condition, process, what, timeout=300):
