@@ -235,6 +235,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
             (:func:`experiments.tracking.check_store`), before any data is loaded.
         DataUnavailableError: missing data (before any run is created).
         KeyboardInterrupt: re-raised after the run was marked ``KILLED``.
+        NotRequeued: the pre-emption signal of a submitit SLURM job without checkpoints (the
+            run is ``KILLED``; :mod:`experiments.preemption`).
+        SystemExit: from submitit, once it requeued a pre-empted job that has checkpoints.
     """
     restore_baseline()
     if HydraConfig.initialized():
