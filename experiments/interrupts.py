@@ -5,7 +5,8 @@ arrives. Inside an MLflow write to SQLite that can leave a transaction open on a
 connection; the write that closes the run as ``KILLED`` then waits on the lock (20 s), fails,
 and the run stays ``RUNNING``. (Seen once in 40 interrupts on a loaded 2-core machine.)
 
-While :func:`deliver_interrupts` is active, SIGINT and SIGTERM raise :class:`Interrupted` (a
+While :func:`deliver_interrupts` is active, SIGINT and SIGTERM (and, in a submitit SLURM job,
+its pre-emption signal: :mod:`experiments.preemption`) raise :class:`Interrupted` (a
 ``KeyboardInterrupt`` that knows its signal) as usual, except inside :func:`held_interrupts`
 blocks (every write of :class:`~experiments.tracking.RunTracker`), where they are held until
 the block ends. The entry point turns it into exit status ``128 + signal`` (130 for Ctrl-C,
@@ -24,10 +25,11 @@ _state: dict[str, Any] = {"held": 0, "pending": None, "active": 0}
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM received while :func:`deliver_interrupts` was active.
+    """A signal :func:`deliver_interrupts` handles, received while it was active.
 
     Attributes:
-        signum: the signal's number (``signal.SIGINT`` or ``signal.SIGTERM``).
+        signum: the signal's number (``signal.SIGINT``, ``signal.SIGTERM``, or an extra signal
+            of :func:`deliver_interrupts` such as ``signal.SIGUSR2``).
     """
 
     def __init__(self, signum: int, note: str = "") -> None:
@@ -53,13 +55,18 @@ def _handler(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def deliver_interrupts() -> Iterator[None]:
-    """SIGINT and SIGTERM (e.g. a SLURM pre-emption) raise :class:`Interrupted`, held as above.
+def deliver_interrupts(*extra: int) -> Iterator[None]:
+    """SIGINT, SIGTERM (``scancel``) and ``extra`` raise :class:`Interrupted`, held as above.
 
     Blocks nest (the entry point holds one for the whole process, each training job another);
-    only the outermost installs and restores the handlers. A no-op outside the main thread
-    (e.g. a launcher's worker thread), where Python does not allow signal handlers; interrupts
-    there behave as Python's default.
+    only the outermost installs and restores the handlers (the previous ones: Python's, or
+    those submitit installed in its jobs). A no-op outside the main thread (e.g. a launcher's
+    worker thread), where Python does not allow signal handlers; interrupts there behave as
+    Python's default.
+
+    Args:
+        extra: more signals to handle the same way (a submitit job's pre-emption signal,
+            :mod:`experiments.preemption`).
     """
     if _state["active"]:
         _state["active"] += 1
@@ -69,7 +76,7 @@ def deliver_interrupts() -> Iterator[None]:
             _state["active"] -= 1
         return
     try:
-        previous = {signum: signal.signal(signum, _handler) for signum in SIGNALS}
+        previous = {signum: signal.signal(signum, _handler) for signum in (*SIGNALS, *extra)}
     except ValueError:  # not the main thread
         yield
         return

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -582,6 +582,9 @@ class RunTracker:
             the run already holds at a step (logged after the checkpoint, before the kill) is
             not logged again at that step: MLflow cannot delete values, and a second one would
             make two values of one step.
+        interrupt_reason: ``f(interrupt)``, the ``failure_reason`` of a run ended by that
+            interrupt, or ``None`` for the default ``interrupted by <signal>`` (a submitit
+            job's pre-emption: :meth:`experiments.preemption.Preemption.reason`).
     """
 
     def __init__(
@@ -590,11 +593,13 @@ class RunTracker:
         tags: Mapping[str, str],
         hydra_info: Mapping[str, Any],
         resume_run_id: str | None = None,
+        interrupt_reason: Callable[[KeyboardInterrupt], str | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.tags = dict(tags)
         self.hydra_info = dict(hydra_info)
         self.resume_run_id = resume_run_id
+        self.interrupt_reason = interrupt_reason
         # On a reopened run: {metric: steps it already holds}, not logged again.
         self.logged: dict[str, set[int]] = {}
         self.client: Any = None
@@ -740,7 +745,8 @@ class RunTracker:
         if exc is None:
             self.end("FINISHED")
         elif isinstance(exc, KeyboardInterrupt):
-            self.end("KILLED", f"interrupted by {signal.Signals(signal_of(exc)).name}")
+            reason = self.interrupt_reason(exc) if self.interrupt_reason else None
+            self.end("KILLED", reason or f"interrupted by {signal.Signals(signal_of(exc)).name}")
         else:
             self.end("FAILED", f"{type(exc).__name__}: {exc}")
         return False

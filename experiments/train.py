@@ -16,7 +16,9 @@ Failure handling (exit statuses: :func:`cli`):
   raises :class:`TrialDiverged`, which the Optuna sweeper records as a failed trial; a study
   whose every trial failed ends with one line, exit status 1);
 * Ctrl-C or SIGTERM ends the run as ``KILLED`` (everything logged before stays in the store)
-  and the process with status 130 or 143 and one line;
+  and the process with status 130 or 143 and one line; in a submitit SLURM job, the
+  pre-emption signal (USR2) ends it ``KILLED`` too, then requeues a job with checkpoints,
+  which resumes the same run when SLURM restarts it (:mod:`experiments.preemption`);
 * a sweep's parent run is always closed: ``FINISHED``, or ``FAILED`` / ``KILLED`` with the
   reason; every job of a process starts from the same process state
   (:mod:`experiments.process_state`).
@@ -60,6 +62,7 @@ from experiments.dataset_input import training_input
 from experiments.diagnostics import UpdateDiagnostics
 from experiments.interrupts import deliver_interrupts, exit_status, held_interrupts, signal_of
 from experiments.loop import Diverged, fit
+from experiments.preemption import Preemption, restart_resume
 from experiments.process_state import restore_baseline, set_blas_threads
 from experiments.schema import DATA_HARNESS_KEYS, schema_keys, validate_config
 from experiments.tracking import RunTracker, check_store, close_sweep, fail_sweep
@@ -232,11 +235,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
             (:func:`experiments.tracking.check_store`), before any data is loaded.
         DataUnavailableError: missing data (before any run is created).
         KeyboardInterrupt: re-raised after the run was marked ``KILLED``.
+        NotRequeued: the pre-emption signal of a submitit SLURM job without checkpoints (the
+            run is ``KILLED``; :mod:`experiments.preemption`).
+        SystemExit: from submitit, once it requeued a pre-empted job that has checkpoints.
     """
     restore_baseline()
     if HydraConfig.initialized():
         check_tuned_choice(HydraConfig.get().runtime.choices, CONF_DIR / "tuned")
     validate_config(cfg)
+    # A job SLURM requeued (pre-emption, time limit) goes on from its own checkpoint.
+    cfg.resume = restart_resume(cfg.resume, cfg.train.checkpoint_every)
     check_options(cfg)
     check_store(cfg.mlflow.tracking_uri)
     if HydraConfig.initialized():
@@ -287,7 +295,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
         device,
     )
     resume_run_id = checkpoint["run_id"] if checkpoint is not None else None
-    with deliver_interrupts(), RunTracker(cfg, tags, info, resume_run_id) as tracker:
+    # In a submitit SLURM job: the run closes KILLED on the pre-emption signal, then the job is
+    # requeued (with a checkpoint) or stops (experiments/preemption.py).
+    preemption = Preemption(
+        cfg.train.checkpoint_every, checkpoint["loop"]["epoch"] if checkpoint else None
+    )
+    with (
+        preemption.requeue(),
+        deliver_interrupts(*preemption.signals()),
+        RunTracker(cfg, tags, info, resume_run_id, preemption.reason) as tracker,
+    ):
         if checkpoint is None:
             tracker.log_dataset(logged_data)
             for filename, obj in method.artifacts().items():
@@ -307,6 +324,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         def write_checkpoint(state: dict[str, Any]) -> None:
             with held_interrupts():  # a Ctrl-C then leaves no temporary file behind
                 save_checkpoint({"loop": state, "run_id": tracker.run_id, "config": config}, path)
+                preemption.saved(state["epoch"])
 
         try:
             final = fit(

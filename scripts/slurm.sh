@@ -47,7 +47,11 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET
+# cred_expire is also how long a requeued job waits before it may start again (default 120 s);
+# the main and backfill schedulers run every 2 s instead of 60 s and 30 s: a test cluster with
+# a handful of jobs, where a requeued job (docs/resume.md) should restart within seconds.
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
+SchedulerParameters=sched_interval=2,bf_interval=2
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/slurmd
 SlurmctldPidFile=$STATE/slurmctld.pid

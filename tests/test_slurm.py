@@ -8,9 +8,18 @@ import subprocess
 import sys
 import time
 
+import mlflow
 import pytest
 
+from experiments.train import run
 from tests.test_cli import subprocess_env
+from tests.test_resume import (
+    assert_same_state,
+    histories,
+    load_checkpoint,
+    only_run,
+    training_state,
+)
 from tests.test_sweeps import by_role, finished_runs, wait_for_a_logged_epoch
 
 pytestmark = pytest.mark.integration
@@ -65,6 +74,142 @@ def test_four_job_sweep_on_slurm_finishes_under_one_parent(tmp_path, server_uri,
     assert len(ours) == 4 and {state for _, state, _ in ours} == {"COMPLETED"}
 
 
+def slurm_job_id(env, tmp_path):
+    """The id of the one queued or running SLURM job whose working directory is ``tmp_path``."""
+    queued = subprocess.run(
+        ["squeue", "-h", "-o", "%i|%Z"], env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    [job_id] = [line.split("|")[0] for line in queued if line.endswith(f"|{tmp_path}")]
+    return job_id
+
+
+def attempts(env, job_id, timeout=60):
+    """SLURM's accounting of every attempt of a job (``sacct -D``): their states, in order.
+
+    Waits until the last attempt is over: submitit returns a job's result as soon as its result
+    file exists, possibly before slurmdbd has recorded the job's end.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        states = subprocess.run(
+            ["sacct", "-X", "-D", "-n", "-P", "-o", "State", "-j", job_id],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if states and states[-1] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
+            return states
+        if time.monotonic() > deadline:
+            return states
+        time.sleep(1)
+
+
+def wait_for(condition, process, what, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the sweep exited with status {process.returncode} before {what}")
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.2)
+    pytest.fail(f"no {what} within {timeout} s")
+
+
+# Tiny and slow enough per epoch (batch 2: about 2.5 s an epoch here) that the job is still
+# training when the test has seen the first checkpoint and signalled it.
+PREEMPTED = (
+    "seed=0",
+    "~tuned",
+    "model.hidden_sizes=[16]",
+    "train.batch_size=2",
+    "train.epochs=3",
+    "train.checkpoint_every=1",
+)
+
+
+def test_a_preempted_checkpointed_job_is_requeued_and_resumes_its_run(
+    tmp_path, server_uri, slurm_env, make_config, tracking_uri
+):
+    """USR2 to the job's steps: what SLURM sends before the time limit (submitit submits with
+    --signal=USR2@<s>) and at pre-emption (with SchedulerParameters=preempt_send_user_signal)."""
+    env = {**subprocess_env(server_uri), **slurm_env}
+    process = sweep(
+        tmp_path,
+        server_uri,
+        slurm_env,
+        "slurm_preempt",
+        *PREEMPTED,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        folder = tmp_path / "sweep" / "0" / "checkpoints"  # the job's Hydra output folder
+        wait_for(lambda: list(folder.glob("*/checkpoint.pt")), process, "first checkpoint")
+        job_id = slurm_job_id(env, tmp_path)
+        subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
+        # The same job trained without interruption, here, while SLURM requeues the other.
+        plain_dir = tmp_path / "plain"
+        run(make_config("data=digits", *PREEMPTED, f"train.checkpoint_dir={plain_dir}"))
+        _, stderr = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    assert attempts(env, job_id) == ["REQUEUED", "COMPLETED"]  # requeued once
+    parents, [job] = by_role(finished_runs(server_uri, "slurm_preempt"))
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert job.info.status == "FINISHED", job.data.tags
+    assert job.data.tags["resumed"] == "1" and "failure_reason" not in job.data.tags
+    run_id, path = only_run(folder)
+    assert run_id == job.info.run_id  # resumed into the run of the first attempt
+    resumed = histories(mlflow.MlflowClient(server_uri), run_id)
+    assert [step for step, _ in resumed["test_loss"]] == [1, 2, 3]  # every epoch once
+    plain_id, plain_file = only_run(plain_dir)
+    assert resumed == histories(mlflow.MlflowClient(tracking_uri), plain_id)
+    assert_same_state(
+        training_state(load_checkpoint(plain_file)), training_state(load_checkpoint(path))
+    )
+
+
+def test_a_preempted_job_without_checkpoints_ends_killed_not_requeued(
+    tmp_path, server_uri, slurm_env
+):
+    env = {**subprocess_env(server_uri), **slurm_env}
+    process = sweep(
+        tmp_path,
+        server_uri,
+        slurm_env,
+        "slurm_preempt_bare",
+        "train.epochs=1000",
+        "seed=0",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_a_logged_epoch(process, server_uri, "slurm_preempt_bare", timeout=300)
+        job_id = slurm_job_id(env, tmp_path)
+        subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0
+    assert "not requeued" in stderr, stderr[-3000:]
+    parents, [job] = by_role(finished_runs(server_uri, "slurm_preempt_bare"))
+    assert job.info.status == "KILLED"
+    assert job.data.tags["failure_reason"].startswith(
+        "pre-empted (SIGUSR2 from SLURM: pre-emption or time limit) without checkpoints"
+    )
+    assert [p.info.status for p in parents] == ["FAILED"]
+    # One attempt, never requeued. The job's error goes back to the launching shell inside
+    # Hydra's job result, so the job itself ends normally for SLURM.
+    assert attempts(env, job_id) == ["COMPLETED"]
+
+
 def test_a_scancelled_job_ends_killed(tmp_path, server_uri, slurm_env):
     env = {**subprocess_env(server_uri), **slurm_env}
     process = sweep(
@@ -80,10 +225,7 @@ def test_a_scancelled_job_ends_killed(tmp_path, server_uri, slurm_env):
     )
     try:
         wait_for_a_logged_epoch(process, server_uri, "slurm_cancel", timeout=300)
-        queued = subprocess.run(
-            ["squeue", "-h", "-o", "%i|%Z"], env=env, capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-        [job_id] = [line.split("|")[0] for line in queued if line.endswith(f"|{tmp_path}")]
+        job_id = slurm_job_id(env, tmp_path)
         subprocess.run(["scancel", job_id], env=env, check=True)
         # submitit learns of the cancellation through sacct, then the sweep stops.
         _, stderr = process.communicate(timeout=180)
