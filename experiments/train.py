@@ -286,12 +286,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if info.get("job_num") is not None:
         tags["hydra_job_num"] = info["job_num"]
     log.info(
-        "training %s on %s (%s, tuned defaults: %s) for %d epochs on %s",
+        "training %s on %s (%s, tuned defaults: %s) for %d epoch%s on %s",
         cfg.method.name,
         cfg.data.name,
         cfg.model.name,
         tags["tuned"],
         cfg.train.epochs,
+        "" if cfg.train.epochs == 1 else "s",
         device,
     )
     resume_run_id = checkpoint["run_id"] if checkpoint is not None else None
