@@ -1,0 +1,143 @@
+"""Hand-written gradients of the online alt-min code objectives, bit-identical to autograd's.
+
+The code steps of :class:`~methods.altmin.AlternatingMinimization` (Choromanska et al. 2019,
+Alg. 1; the authors' ``compute_codes_loss``) need, ``code_steps`` times per code and batch, the
+gradient with respect to the code ``c`` ``(batch, units)`` of::
+
+    top code:    (1/mu) L(W f(c) + b, y) + mse(c, c0)      (scaled_loss)
+                 L(W f(c) + b, y) + mu * mse(c, c0)        (scaled_mismatch)
+    lower code:  mse(W f(c) + b, a) + mse(c, c0)
+
+Autograd spends most of a step's time on building and walking the graph of these few small
+operations. The functions here call, in the same order, the same ATen backward kernels that
+autograd's nodes call (``mse_loss_backward``, ``threshold_backward``/``tanh_backward``/
+``sigmoid_backward``, ``nll_loss_backward``, ``_log_softmax_backward_data`` and
+``addmm``'s input gradient as in ``mm_mat1_backward``), so the results are the same bits as
+``torch.autograd.grad`` of the objective (tested in ``tests/test_altmin.py``). The objective's
+value is never needed, so it is not computed.
+
+Only the activations of :data:`methods.networks.ACTIVATIONS` and the losses of
+:mod:`methods.losses` are written out; :func:`supported` says whether a model and loss are, and
+the caller falls back to autograd otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from methods.losses import IGNORE_INDEX, CrossEntropy, Loss, MeanSquaredError
+
+_MEAN = 1  # ATen's reduction enum value for "mean"
+_aten = torch.ops.aten
+
+# Activation module type -> its autograd backward, from (grad, output).
+_ACTIVATION_BACKWARD: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+_ACTIVATION_BACKWARD = {
+    nn.ReLU: lambda grad, out: _aten.threshold_backward(grad, out, 0),
+    nn.Tanh: _aten.tanh_backward,
+    nn.Sigmoid: _aten.sigmoid_backward,
+    nn.Identity: lambda grad, out: grad,
+}
+
+
+def supported(activation: nn.Module, loss: Loss) -> bool:
+    """Whether the code gradients of ``activation`` and ``loss`` are written out here."""
+    plain_relu = not isinstance(activation, nn.ReLU) or not activation.inplace
+    return type(activation) in _ACTIVATION_BACKWARD and plain_relu and type(loss) in _LOSSES
+
+
+def _mse_backward(grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return _aten.mse_loss_backward(grad, output, target, _MEAN)
+
+
+def _cross_entropy_backward(
+    grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    # F.cross_entropy is log_softmax then nll_loss (ATen's cross_entropy_loss); the backward
+    # needs nll_loss's total weight, which only its forward returns.
+    log_probs = torch._log_softmax(output, 1, False)
+    _, total_weight = _aten.nll_loss_forward(log_probs, target, None, _MEAN, IGNORE_INDEX)
+    grad = _aten.nll_loss_backward(grad, log_probs, target, None, _MEAN, IGNORE_INDEX, total_weight)
+    return _aten._log_softmax_backward_data(grad, log_probs, 1, output.dtype)
+
+
+# Loss type -> d loss / d output, from (grad of the loss, output (batch, outputs), target).
+_LOSSES: dict[type[Loss], Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    CrossEntropy: _cross_entropy_backward,
+    MeanSquaredError: _mse_backward,
+}
+
+
+def _linear_input_backward(
+    grad: torch.Tensor, weight: torch.Tensor, inputs: torch.Tensor
+) -> torch.Tensor:
+    """``d/dh`` of ``F.linear(h, W, b)`` (ATen ``addmm(b, h, W^T)``) from ``grad`` ``(batch, out)``.
+
+    As autograd's ``mm_mat1_backward``: a column-major ``h`` gets a column-major gradient.
+    """
+    rows = inputs.shape[0]
+    if inputs.stride(0) == 1 and inputs.stride(1) == rows:
+        return weight.t().mm(grad.t()).t()
+    return grad.mm(weight)
+
+
+def _through_layer(
+    grad_out: torch.Tensor, layer: nn.Linear, activation: nn.Module, hidden: torch.Tensor
+) -> torch.Tensor:
+    """``d/dc`` through ``layer(activation(c))`` given ``grad_out`` and ``hidden = f(c)``."""
+    grad_hidden = _linear_input_backward(grad_out, layer.weight, hidden)
+    return _ACTIVATION_BACKWARD[type(activation)](grad_hidden, hidden)
+
+
+@torch.no_grad()
+def top_code_gradient(
+    code: torch.Tensor,
+    code0: torch.Tensor,
+    target: torch.Tensor,
+    head: nn.Linear,
+    activation: nn.Module,
+    loss: Loss,
+    mu: float,
+    scaled_loss: bool,
+) -> torch.Tensor:
+    """``d/dc`` of the top code's objective, ``(batch, units)`` like ``code``.
+
+    Args:
+        code: ``c`` ``(batch, units)``.
+        code0: ``c0``, the forward value of the code (same shape).
+        target: the batch's targets.
+        head: the output layer ``W, b`` (held fixed).
+        activation: ``f``.
+        loss: ``L`` (one of :mod:`methods.losses`; see :func:`supported`).
+        mu: the mismatch weight.
+        scaled_loss: ``(1/mu) L + mse`` if true, ``L + mu mse`` otherwise.
+    """
+    one = torch.ones((), dtype=code.dtype, device=code.device)  # autograd.grad's seed
+    hidden = activation(code)
+    output = head(hidden)
+    grad_loss, grad_mismatch = (one / mu, one) if scaled_loss else (one, one * mu)
+    grad_output = _LOSSES[type(loss)](grad_loss, output, target)
+    through = _through_layer(grad_output, head, activation, hidden)
+    return through + _mse_backward(grad_mismatch, code, code0)
+
+
+@torch.no_grad()
+def lower_code_gradient(
+    code: torch.Tensor,
+    code0: torch.Tensor,
+    above: torch.Tensor,
+    layer: nn.Linear,
+    activation: nn.Module,
+) -> torch.Tensor:
+    """``d/dc`` of ``mse(layer(f(c)), above) + mse(c, c0)``, ``(batch, units)`` like ``code``.
+
+    ``above`` is the updated code of the next layer ``(batch, units above)``, held fixed.
+    """
+    one = torch.ones((), dtype=code.dtype, device=code.device)
+    hidden = activation(code)
+    grad_output = _mse_backward(one, layer(hidden), above)
+    through = _through_layer(grad_output, layer, activation, hidden)
+    return through + _mse_backward(one, code, code0)
