@@ -235,21 +235,48 @@ class AlternatingMinimization(Method):
         return updated
 
     def layer_updates(
-        self, x: torch.Tensor, codes: list[torch.Tensor], y: torch.Tensor
+        self,
+        x: torch.Tensor,
+        codes: list[torch.Tensor],
+        y: torch.Tensor,
+        first_output: torch.Tensor | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Step 3: ``[(dW_l, db_l)]`` for l = 1..L, each from layer ``l``'s own loss."""
+        """Step 3: ``[(dW_l, db_l)]`` for l = 1..L, each from layer ``l``'s own loss.
+
+        Args:
+            x: the batch's inputs ``(batch, *shape)``.
+            codes: the updated codes ``[c_1, ..., c_{L-1}]``, ``(batch, n_l)``.
+            y: the batch's targets.
+            first_output: layer 1's output ``W_1 x + b_1`` if already computed (it is
+                ``c_1^0`` of :meth:`forward_codes`: the weights have not changed since).
+        """
         layers, act = self.model.layers, self.model.activation
         inputs = [x.flatten(1)] + [act(c) for c in codes]
-        losses = [
-            F.mse_loss(layer(h_in.detach()), target.detach())
-            for layer, h_in, target in zip(layers[:-1], inputs[:-1], codes)
-        ]
-        losses.append(self.loss(layers[-1](inputs[-1].detach()), y))
-        # One backward pass for all layers: the inputs are detached, so each parameter's
-        # gradient comes from its own loss alone, with the same operations as one pass per loss.
-        params = [p for layer in layers for p in (layer.weight, layer.bias)]
-        grads = torch.autograd.grad(sum(losses), params)
-        return [(grads[2 * i], grads[2 * i + 1]) for i in range(len(layers))]
+        if not self._closed_form:
+            losses = [
+                F.mse_loss(layer(h_in.detach()), target.detach())
+                for layer, h_in, target in zip(layers[:-1], inputs[:-1], codes)
+            ]
+            losses.append(self.loss(layers[-1](inputs[-1].detach()), y))
+            # One backward pass for all layers: the inputs are detached, so each parameter's
+            # gradient comes from its own loss alone, with the same operations as one pass each.
+            params = [p for layer in layers for p in (layer.weight, layer.bias)]
+            grads = torch.autograd.grad(sum(losses), params)
+            return [(grads[2 * i], grads[2 * i + 1]) for i in range(len(layers))]
+        updates = []
+        with torch.no_grad():
+            for i, layer in enumerate(layers):
+                h_in = inputs[i]
+                reuse = i == 0 and first_output is not None
+                output = first_output if reuse else layer(h_in)
+                if i < len(codes):
+                    grad_output = gradients.mse_gradient(output, codes[i])
+                else:
+                    grad_output = gradients.loss_gradient(self.loss, output, y)
+                updates.append(
+                    gradients.linear_parameter_gradients(grad_output, h_in, layer.weight)
+                )
+        return updates
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Update the codes, then write every layer's local-loss gradient into ``.grad``."""
@@ -259,7 +286,8 @@ class AlternatingMinimization(Method):
             output = self.model.layers[-1](self.model.activation(codes[-1]))
         metrics = self.loss.metrics(output, y)
         updated = self.update_codes(codes, y)
-        for layer, (grad_w, grad_b) in zip(self.model.layers, self.layer_updates(x, updated, y)):
+        layer_grads = self.layer_updates(x, updated, y, first_output=codes[0])
+        for layer, (grad_w, grad_b) in zip(self.model.layers, layer_grads):
             layer.weight.grad, layer.bias.grad = grad_w, grad_b
         with torch.no_grad():
             # One conversion for all layers' shifts (the same float32 values as .item()).

@@ -16,6 +16,8 @@ autograd's nodes call (``mse_loss_backward``, ``threshold_backward``/``tanh_back
 ``torch.autograd.grad`` of the objective (tested in ``tests/test_altmin.py``). The objective's
 value is never needed, so it is not computed.
 
+The weight updates (step 3) are written out the same way (:func:`linear_parameter_gradients`).
+
 Only the activations of :data:`methods.networks.ACTIVATIONS` and the losses of
 :mod:`methods.losses` are written out; :func:`supported` says whether a model and loss are, and
 the caller falls back to autograd otherwise.
@@ -69,6 +71,35 @@ _LOSSES: dict[type[Loss], Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
     CrossEntropy: _cross_entropy_backward,
     MeanSquaredError: _mse_backward,
 }
+
+
+def loss_gradient(loss: Loss, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``d L(output, target) / d output`` ``(batch, outputs)`` for a loss of :func:`supported`."""
+    one = torch.ones((), dtype=output.dtype, device=output.device)
+    return _LOSSES[type(loss)](one, output, target)
+
+
+def mse_gradient(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``d mse(output, target) / d output`` (``F.mse_loss``, mean over all elements)."""
+    return _mse_backward(torch.ones((), dtype=output.dtype, device=output.device), output, target)
+
+
+@torch.no_grad()
+def linear_parameter_gradients(
+    grad_output: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dW, db)`` of ``F.linear(inputs, W, b)`` from ``grad_output`` ``(batch, out)``.
+
+    ``inputs`` is ``(batch, in)``, ``weight`` ``(out, in)``; as autograd's ``addmm`` backward
+    (``mm_mat2_backward`` on ``W^T``, then the transpose's backward) and the bias's reduction
+    over the batch (``sum_to``).
+    """
+    w_t = weight.t()  # (in, out); column-major for a contiguous W
+    if w_t.stride(0) == 1 and w_t.stride(1) == w_t.shape[0]:
+        grad_weight = grad_output.t().mm(inputs)
+    else:
+        grad_weight = inputs.t().mm(grad_output).t()
+    return grad_weight, grad_output.sum(0, keepdim=True).view(-1)
 
 
 def _linear_input_backward(
