@@ -144,7 +144,7 @@ class AlternatingMinimization(Method):
                     buffer = grad.clone()
                 else:
                     buffer.mul_(momentum).add_(grad)
-                grad = grad.add(buffer, alpha=momentum)
+                grad = grad.add_(buffer, alpha=momentum)  # a fresh tensor: in place
             code.add_(grad, alpha=-lr)
         return code
 

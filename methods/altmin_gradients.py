@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from methods.losses import IGNORE_INDEX, CrossEntropy, Loss, MeanSquaredError
@@ -42,6 +43,15 @@ _ACTIVATION_BACKWARD = {
     nn.Tanh: _aten.tanh_backward,
     nn.Sigmoid: _aten.sigmoid_backward,
     nn.Identity: lambda grad, out: grad,
+}
+
+
+# Activation module type -> the function its forward calls (the module call costs more).
+_ACTIVATION_FORWARD: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: torch.relu,
+    nn.Tanh: torch.tanh,
+    nn.Sigmoid: torch.sigmoid,
+    nn.Identity: lambda x: x,
 }
 
 
@@ -123,7 +133,14 @@ def _through_layer(
     return _ACTIVATION_BACKWARD[type(activation)](grad_hidden, hidden)
 
 
-@torch.no_grad()
+def _forward(
+    code: torch.Tensor, layer: nn.Linear, activation: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f(c), layer(f(c)))``, the same operations as the modules' calls."""
+    hidden = _ACTIVATION_FORWARD[type(activation)](code)
+    return hidden, F.linear(hidden, layer.weight, layer.bias)
+
+
 def top_code_gradient(
     code: torch.Tensor,
     code0: torch.Tensor,
@@ -136,6 +153,8 @@ def top_code_gradient(
 ) -> torch.Tensor:
     """``d/dc`` of the top code's objective, ``(batch, units)`` like ``code``.
 
+    Call it under ``torch.no_grad()`` (the weights require gradients).
+
     Args:
         code: ``c`` ``(batch, units)``.
         code0: ``c0``, the forward value of the code (same shape).
@@ -147,15 +166,13 @@ def top_code_gradient(
         scaled_loss: ``(1/mu) L + mse`` if true, ``L + mu mse`` otherwise.
     """
     one = torch.ones((), dtype=code.dtype, device=code.device)  # autograd.grad's seed
-    hidden = activation(code)
-    output = head(hidden)
+    hidden, output = _forward(code, head, activation)
     grad_loss, grad_mismatch = (one / mu, one) if scaled_loss else (one, one * mu)
     grad_output = _LOSSES[type(loss)](grad_loss, output, target)
     through = _through_layer(grad_output, head, activation, hidden)
-    return through + _mse_backward(grad_mismatch, code, code0)
+    return through.add_(_mse_backward(grad_mismatch, code, code0))
 
 
-@torch.no_grad()
 def lower_code_gradient(
     code: torch.Tensor,
     code0: torch.Tensor,
@@ -166,9 +183,10 @@ def lower_code_gradient(
     """``d/dc`` of ``mse(layer(f(c)), above) + mse(c, c0)``, ``(batch, units)`` like ``code``.
 
     ``above`` is the updated code of the next layer ``(batch, units above)``, held fixed.
+    Call it under ``torch.no_grad()``.
     """
     one = torch.ones((), dtype=code.dtype, device=code.device)
-    hidden = activation(code)
-    grad_output = _mse_backward(one, layer(hidden), above)
+    hidden, output = _forward(code, layer, activation)
+    grad_output = _mse_backward(one, output, above)
     through = _through_layer(grad_output, layer, activation, hidden)
-    return through + _mse_backward(one, code, code0)
+    return through.add_(_mse_backward(one, code, code0))
