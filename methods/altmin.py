@@ -12,7 +12,7 @@ For the MLP the codes are the hidden pre-activations ``c_l = W_l h_{l-1} + b_l``
 
 1. Forward pass; the codes start at their forward values ``c_l^0``.
 2. Codes, top-down, each for ``code_steps`` steps of SGD (lr ``code_lr``, Nesterov momentum 0.9),
-   a fresh optimiser per code and batch:
+   a fresh momentum buffer per code and batch (``torch.optim.SGD``'s update, written out):
    top code ``c_{L-1}`` (``top_code_loss``):
      ``scaled_loss`` (default, the authors' ``compute_codes_loss``):
      ``(1/mu) L(W_L f(c) + b_L, y) + mse(c, c^0)``;
