@@ -12,7 +12,7 @@ For the MLP the codes are the hidden pre-activations ``c_l = W_l h_{l-1} + b_l``
 
 1. Forward pass; the codes start at their forward values ``c_l^0``.
 2. Codes, top-down, each for ``code_steps`` steps of SGD (lr ``code_lr``, Nesterov momentum 0.9),
-   a fresh optimiser per code and batch:
+   a fresh momentum buffer per code and batch (``torch.optim.SGD``'s update, written out):
    top code ``c_{L-1}`` (``top_code_loss``):
      ``scaled_loss`` (default, the authors' ``compute_codes_loss``):
      ``(1/mu) L(W_L f(c) + b_L, y) + mse(c, c^0)``;
@@ -45,6 +45,7 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
+from methods import altmin_gradients as gradients
 from methods.base import Method, make_optimizer, register_method
 from methods.losses import Loss
 from methods.networks import MLP
@@ -111,6 +112,8 @@ class AlternatingMinimization(Method):
         self.code_momentum = code_momentum
         self.top_code_loss = top_code_loss
         self.optimizer = make_optimizer(model.parameters(), optimizer)
+        # Whether the code gradients are written out (faster, same bits) or left to autograd.
+        self._closed_form = gradients.supported(model.activation, loss)
 
     def forward_codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[c_1^0, ..., c_{L-1}^0]``: the hidden pre-activations, detached, ``(batch, n_l)``."""
@@ -122,19 +125,28 @@ class AlternatingMinimization(Method):
         return codes
 
     def _minimise(
-        self, code: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
+        self, code: torch.Tensor, gradient: Callable[[torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
-        """``code_steps`` steps of SGD (Nesterov when ``code_momentum > 0``) on ``objective``."""
-        code = code.clone().requires_grad_(True)
-        optimizer = torch.optim.SGD(
-            [code], lr=self.code_lr, momentum=self.code_momentum, nesterov=self.code_momentum > 0
-        )
+        """``code_steps`` steps of SGD (Nesterov when ``code_momentum > 0``) from ``code``.
+
+        ``gradient(c)`` is the objective's gradient at ``c``. The update is ``torch.optim.SGD``'s
+        (dampening 0, no weight decay), written out with the same tensor operations in the same
+        order, so the codes are bit-identical to SGD's: an optimiser object per code and batch
+        cost more than the steps themselves.
+        """
+        code = code.clone()
+        momentum, lr = self.code_momentum, self.code_lr
+        buffer: torch.Tensor | None = None
         for _ in range(self.code_steps):
-            optimizer.zero_grad()
-            (grad,) = torch.autograd.grad(objective(code), code)
-            code.grad = grad
-            optimizer.step()
-        return code.detach()
+            grad = gradient(code)
+            if momentum:
+                if buffer is None:
+                    buffer = grad.clone()
+                else:
+                    buffer.mul_(momentum).add_(grad)
+                grad = grad.add_(buffer, alpha=momentum)  # a fresh tensor: in place
+            code.add_(grad, alpha=-lr)
+        return code
 
     def top_code_objective(
         self, code0: torch.Tensor, y: torch.Tensor
@@ -147,6 +159,38 @@ class AlternatingMinimization(Method):
         if self.top_code_loss == "scaled_loss":
             return lambda c: self.loss(head(act(c)), y) / self.mu + F.mse_loss(c, code0)
         return lambda c: self.loss(head(act(c)), y) + self.mu * F.mse_loss(c, code0)
+
+    def lower_code_objective(
+        self, index: int, code0: torch.Tensor, above: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Code ``c_l``'s loss (``l = index + 1``) as a function of ``c`` ``(batch, n_l)``.
+
+        ``mse(W_{l+1} f(c) + b_{l+1}, above) + mse(c, code0)``; ``above`` is the updated
+        ``c_{l+1}`` and ``code0`` is ``c_l^0``, both constants, as are the weights.
+        """
+        layer, act = self.model.layers[index + 1], self.model.activation
+        return lambda c: F.mse_loss(layer(act(c)), above) + F.mse_loss(c, code0)
+
+    def _gradient(
+        self,
+        objective: Callable[[torch.Tensor], torch.Tensor],
+        closed_form: Callable[..., torch.Tensor],
+        *args: object,
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``c -> d objective / dc``, ``(batch, n_l) -> (batch, n_l)``.
+
+        Written out (``closed_form(c, *args)``, :mod:`methods.altmin_gradients`: the same bits
+        as autograd's) for the shared activations and losses, by autograd otherwise.
+        """
+        if self._closed_form:
+            return lambda c: closed_form(c, *args)
+
+        def by_autograd(c: torch.Tensor) -> torch.Tensor:
+            c = c.detach().requires_grad_(True)
+            with torch.enable_grad():
+                return torch.autograd.grad(objective(c), c)[0]
+
+        return by_autograd
 
     def update_codes(self, codes: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
         """Step 2: the codes after ``code_steps`` steps each, top-down (weights fixed).
@@ -161,42 +205,97 @@ class AlternatingMinimization(Method):
         layers, act = self.model.layers, self.model.activation
         updated = list(codes)
         top = len(codes) - 1
-        updated[top] = self._minimise(codes[top], self.top_code_objective(codes[top], y))
-        for i in range(top - 1, -1, -1):
-            above, layer = updated[i + 1], layers[i + 1]
-            updated[i] = self._minimise(
-                codes[i],
-                lambda c, i=i, above=above, layer=layer: (
-                    F.mse_loss(layer(act(c)), above) + F.mse_loss(c, codes[i])
+        with torch.no_grad():
+            updated[top] = self._minimise(
+                codes[top],
+                self._gradient(
+                    self.top_code_objective(codes[top], y),
+                    gradients.top_code_gradient,
+                    codes[top],
+                    y,
+                    layers[-1],
+                    act,
+                    self.loss,
+                    self.mu,
+                    self.top_code_loss == "scaled_loss",
                 ),
             )
+            for i in range(top - 1, -1, -1):
+                updated[i] = self._minimise(
+                    codes[i],
+                    self._gradient(
+                        self.lower_code_objective(i, codes[i], updated[i + 1]),
+                        gradients.lower_code_gradient,
+                        codes[i],
+                        updated[i + 1],
+                        layers[i + 1],
+                        act,
+                    ),
+                )
         return updated
 
     def layer_updates(
-        self, x: torch.Tensor, codes: list[torch.Tensor], y: torch.Tensor
+        self,
+        x: torch.Tensor,
+        codes: list[torch.Tensor],
+        y: torch.Tensor,
+        first_output: torch.Tensor | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Step 3: ``[(dW_l, db_l)]`` for l = 1..L, each from layer ``l``'s own loss."""
+        """Step 3: ``[(dW_l, db_l)]`` for l = 1..L, each from layer ``l``'s own loss.
+
+        Args:
+            x: the batch's inputs ``(batch, *shape)``.
+            codes: the updated codes ``[c_1, ..., c_{L-1}]``, ``(batch, n_l)``.
+            y: the batch's targets.
+            first_output: layer 1's output ``W_1 x + b_1`` if already computed (it is
+                ``c_1^0`` of :meth:`forward_codes`: the weights have not changed since).
+        """
         layers, act = self.model.layers, self.model.activation
         inputs = [x.flatten(1)] + [act(c) for c in codes]
+        if not self._closed_form:
+            losses = [
+                F.mse_loss(layer(h_in.detach()), target.detach())
+                for layer, h_in, target in zip(layers[:-1], inputs[:-1], codes)
+            ]
+            losses.append(self.loss(layers[-1](inputs[-1].detach()), y))
+            # One backward pass for all layers: the inputs are detached, so each parameter's
+            # gradient comes from its own loss alone, with the same operations as one pass each.
+            params = [p for layer in layers for p in (layer.weight, layer.bias)]
+            grads = torch.autograd.grad(sum(losses), params)
+            return [(grads[2 * i], grads[2 * i + 1]) for i in range(len(layers))]
         updates = []
-        for layer, h_in, target in zip(layers[:-1], inputs[:-1], codes):
-            local = F.mse_loss(layer(h_in.detach()), target.detach())
-            updates.append(torch.autograd.grad(local, [layer.weight, layer.bias]))
-        head = layers[-1]
-        output_loss = self.loss(head(inputs[-1].detach()), y)
-        updates.append(torch.autograd.grad(output_loss, [head.weight, head.bias]))
+        with torch.no_grad():
+            for i, layer in enumerate(layers):
+                h_in = inputs[i]
+                reuse = i == 0 and first_output is not None
+                output = first_output if reuse else layer(h_in)
+                if i < len(codes):
+                    grad_output = gradients.mse_gradient(output, codes[i])
+                else:
+                    grad_output = gradients.loss_gradient(self.loss, output, y)
+                updates.append(
+                    gradients.linear_parameter_gradients(grad_output, h_in, layer.weight)
+                )
         return updates
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Update the codes, then write every layer's local-loss gradient into ``.grad``."""
         codes = self.forward_codes(x)
         with torch.no_grad():
-            metrics = self.loss.metrics(self.model(x), y)
+            # The output of model(x), from the codes' forward pass (the same operations).
+            output = self.model.layers[-1](self.model.activation(codes[-1]))
+        metrics = self.loss.metrics(output, y)
         updated = self.update_codes(codes, y)
-        for layer, (grad_w, grad_b) in zip(self.model.layers, self.layer_updates(x, updated, y)):
+        layer_grads = self.layer_updates(x, updated, y, first_output=codes[0])
+        for layer, (grad_w, grad_b) in zip(self.model.layers, layer_grads):
             layer.weight.grad, layer.bias.grad = grad_w, grad_b
-        for i, (old, new) in enumerate(zip(codes, updated), start=1):
-            self.means.add(f"code_shift_layer{i}", (new - old).norm(dim=1).mean().item())
+        with torch.no_grad():
+            # One conversion for all layers' shifts (the same float32 values as .item()).
+            shifts = torch.stack(
+                [(new - old).norm(dim=1).mean() for old, new in zip(codes, updated)]
+            )
+        for i, shift in enumerate(shifts.tolist(), start=1):
+            self.means.add(f"code_shift_layer{i}", shift)
         return metrics
 
     def epoch_metrics(self) -> dict[str, float]:

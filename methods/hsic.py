@@ -196,10 +196,13 @@ class HSICBottleneck(Method):
         with torch.set_grad_enabled(not formatting):
             objectives, features = self._objectives_and_top(x, y)
         if not formatting:
-            for layer, (objective, _, _) in zip(self.model.layers[:-1], objectives):
-                params = list(layer.parameters())
-                for param, grad in zip(params, torch.autograd.grad(objective, params)):
-                    param.grad = grad
+            # One backward pass for all layers: each layer's objective depends on its own
+            # parameters only (detached inputs), so the sum's gradient with respect to them is
+            # that objective's, computed with the same operations.
+            params = [p for layer in self.model.layers[:-1] for p in layer.parameters()]
+            total = sum(objective for objective, _, _ in objectives)
+            for param, grad in zip(params, torch.autograd.grad(total, params)):
+                param.grad = grad
         with torch.no_grad():
             self._vote(features.argmax(dim=1), y)
         head = self.model.layers[-1]
@@ -208,9 +211,12 @@ class HSICBottleneck(Method):
             params = list(head.parameters())
             for param, grad in zip(params, torch.autograd.grad(self.loss(output, y), params)):
                 param.grad = grad
-        for i, (_, hx, hy) in enumerate(objectives, start=1):
-            self.means.add(f"hsic_zx_layer{i}", hx.item())
-            self.means.add(f"hsic_zy_layer{i}", hy.item())
+        # One conversion for all estimates (the same values as one .item() each).
+        estimates = torch.stack([e.detach() for _, hx, hy in objectives for e in (hx, hy)])
+        values = estimates.tolist()
+        for i in range(len(objectives)):
+            self.means.add(f"hsic_zx_layer{i + 1}", values[2 * i])
+            self.means.add(f"hsic_zy_layer{i + 1}", values[2 * i + 1])
         return self.loss.metrics(output.detach(), y)
 
     def _vote(self, units: torch.Tensor, y: torch.Tensor) -> None:

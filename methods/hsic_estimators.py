@@ -9,6 +9,7 @@ code. All functions work on ``(m, features)`` tensors on any device, with no loo
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -51,8 +52,23 @@ def gaussian_kernel(a: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tenso
 
 
 def centering_matrix(m: int, like: torch.Tensor) -> torch.Tensor:
-    """``H = I - 1 1^T / m``, ``(m, m)``, with ``like``'s dtype and device."""
-    return torch.eye(m, dtype=like.dtype, device=like.device) - 1.0 / m
+    """``H = I - 1 1^T / m``, ``(m, m)``, with ``like``'s dtype and device.
+
+    The matrix is cached per size, dtype and device (every batch of a run has the same size):
+    do not modify it in place.
+    """
+    return _centering_matrix(m, like.dtype, like.device)
+
+
+@lru_cache(maxsize=16)
+def _centering_matrix(m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.eye(m, dtype=dtype, device=device) - 1.0 / m
+
+
+@lru_cache(maxsize=16)
+def _ridge(c: float, m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``c * I`` ``(m, m)`` (``c = epsilon * m``), cached like :func:`centering_matrix`."""
+    return c * torch.eye(m, dtype=dtype, device=device)
 
 
 def centered(kx: torch.Tensor) -> torch.Tensor:
@@ -70,7 +86,7 @@ def regularized_projection(kx: torch.Tensor, epsilon: float = 1e-5) -> torch.Ten
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
     m = kx.shape[0]
     kh = kx @ centering_matrix(m, kx)
-    ridge = epsilon * m * torch.eye(m, dtype=kx.dtype, device=kx.device)
+    ridge = _ridge(epsilon * m, m, kx.dtype, kx.device)
     # K H and (K H + c I)^-1 commute, so the right inverse is a linear solve.
     return torch.linalg.solve(kh + ridge, kh)
 

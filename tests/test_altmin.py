@@ -1,6 +1,8 @@
 """Online alternating minimisation: code steps against a NumPy oracle, descent direction,
 locality, learning, logging."""
 
+import copy
+
 import mlflow
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 
 from experiments.train import run
 from methods import MethodConfigError, build_method
-from methods.losses import CrossEntropy
+from methods.losses import CrossEntropy, MeanSquaredError
 from methods.networks import MLP
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05}
@@ -189,3 +191,47 @@ def test_end_to_end(make_config):
         experiment_names=[cfg.mlflow.experiment_name], output_format="list"
     )
     assert {"code_shift_layer1", "code_shift_layer2"} <= set(logged.data.metrics)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "identity"])
+@pytest.mark.parametrize("form", ["scaled_loss", "scaled_mismatch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_written_out_gradients_are_autograds_bit_for_bit(activation, form, dtype, task):
+    """The hand-written code and weight gradients (methods/altmin_gradients.py) against
+    autograd of the objectives (the fallback path): the same bits, codes and updates."""
+    torch.manual_seed(7)
+    model = MLP(6, [9, 8, 7], 3, activation=activation).to(dtype)
+    x = torch.randn(16, 6, dtype=dtype)
+    if task == "classification":
+        loss, y = CrossEntropy(), torch.randint(0, 3, (16,))
+    else:
+        loss, y = MeanSquaredError(), torch.randn(16, 3, dtype=dtype)
+    options = {"optimizer": SGD, "top_code_loss": form, "mu": 0.05}
+    written = build_method("altmin", model, loss, options)
+    assert written._closed_form
+    by_autograd = build_method("altmin", copy.deepcopy(model), loss, options)
+    by_autograd._closed_form = False
+    codes = written.forward_codes(x)
+    updated = written.update_codes(codes, y)
+    reference = by_autograd.update_codes(codes, y)
+    assert all(torch.equal(a, b) for a, b in zip(updated, reference))
+    assert not torch.equal(updated[0], codes[0])  # the codes moved
+    for a, b in zip(
+        written.layer_updates(x, updated, y, first_output=codes[0]),
+        by_autograd.layer_updates(x, updated, y),
+    ):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    written.step(x, y)
+    by_autograd.step(x, y)
+    for a, b in zip(written.model.parameters(), by_autograd.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_unsupported_activation_falls_back_to_autograd():
+    model, x, y = problem()
+    model.activation = torch.nn.Softplus()
+    method = build_method("altmin", model, CrossEntropy(), {"optimizer": SGD})
+    assert not method._closed_form
+    codes = method.forward_codes(x)
+    assert not torch.equal(method.update_codes(codes, y)[0], codes[0])

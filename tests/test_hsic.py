@@ -164,6 +164,21 @@ def test_layer_updates_are_local_and_phases_freeze_the_right_layers():
     assert model.layers[-1].weight.grad is not None
 
 
+def test_one_backward_pass_gives_each_layers_own_objective_gradient_bit_for_bit():
+    """compute_update differentiates the sum of the layers' objectives once; each layer's
+    gradient must be that of its own objective alone, to the bit."""
+    torch.manual_seed(3)
+    model = MLP(4, [8, 8, 8], 2, activation="tanh")
+    method = make_hsic(model, sigma=1.0)
+    method.on_train_start(epochs=4, batches_per_epoch=1)
+    x, y = separable_task()
+    method.compute_update(x, y)
+    for layer, (objective, _, _) in zip(model.layers[:-1], method.objectives(x, y)):
+        params = list(layer.parameters())
+        for param, grad in zip(params, torch.autograd.grad(objective, params)):
+            assert torch.equal(param.grad, grad)
+
+
 def test_rebuilding_optimizers_each_step_discards_momentum():
     def run_steps(rebuild):
         torch.manual_seed(2)

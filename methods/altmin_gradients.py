@@ -1,0 +1,192 @@
+"""Hand-written gradients of the online alt-min code objectives, bit-identical to autograd's.
+
+The code steps of :class:`~methods.altmin.AlternatingMinimization` (Choromanska et al. 2019,
+Alg. 1; the authors' ``compute_codes_loss``) need, ``code_steps`` times per code and batch, the
+gradient with respect to the code ``c`` ``(batch, units)`` of::
+
+    top code:    (1/mu) L(W f(c) + b, y) + mse(c, c0)      (scaled_loss)
+                 L(W f(c) + b, y) + mu * mse(c, c0)        (scaled_mismatch)
+    lower code:  mse(W f(c) + b, a) + mse(c, c0)
+
+Autograd spends most of a step's time on building and walking the graph of these few small
+operations. The functions here call, in the same order, the same ATen backward kernels that
+autograd's nodes call (``mse_loss_backward``, ``threshold_backward``/``tanh_backward``/
+``sigmoid_backward``, ``nll_loss_backward``, ``_log_softmax_backward_data`` and
+``addmm``'s input gradient as in ``mm_mat1_backward``), so the results are the same bits as
+``torch.autograd.grad`` of the objective (tested in ``tests/test_altmin.py``). The objective's
+value is never needed, so it is not computed.
+
+The weight updates (step 3) are written out the same way (:func:`linear_parameter_gradients`).
+
+Only the activations of :data:`methods.networks.ACTIVATIONS` and the losses of
+:mod:`methods.losses` are written out; :func:`supported` says whether a model and loss are, and
+the caller falls back to autograd otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.losses import IGNORE_INDEX, CrossEntropy, Loss, MeanSquaredError
+
+_MEAN = 1  # ATen's reduction enum value for "mean"
+_aten = torch.ops.aten
+
+# Activation module type -> its autograd backward, from (grad, output).
+_ACTIVATION_BACKWARD: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+_ACTIVATION_BACKWARD = {
+    nn.ReLU: lambda grad, out: _aten.threshold_backward(grad, out, 0),
+    nn.Tanh: _aten.tanh_backward,
+    nn.Sigmoid: _aten.sigmoid_backward,
+    nn.Identity: lambda grad, out: grad,
+}
+
+
+# Activation module type -> the function its forward calls (the module call costs more).
+_ACTIVATION_FORWARD: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: torch.relu,
+    nn.Tanh: torch.tanh,
+    nn.Sigmoid: torch.sigmoid,
+    nn.Identity: lambda x: x,
+}
+
+
+def supported(activation: nn.Module, loss: Loss) -> bool:
+    """Whether the code gradients of ``activation`` and ``loss`` are written out here."""
+    plain_relu = not isinstance(activation, nn.ReLU) or not activation.inplace
+    return type(activation) in _ACTIVATION_BACKWARD and plain_relu and type(loss) in _LOSSES
+
+
+def _mse_backward(grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return _aten.mse_loss_backward(grad, output, target, _MEAN)
+
+
+def _cross_entropy_backward(
+    grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    # F.cross_entropy is log_softmax then nll_loss (ATen's cross_entropy_loss); the backward
+    # needs nll_loss's total weight, which only its forward returns.
+    log_probs = torch._log_softmax(output, 1, False)
+    _, total_weight = _aten.nll_loss_forward(log_probs, target, None, _MEAN, IGNORE_INDEX)
+    grad = _aten.nll_loss_backward(grad, log_probs, target, None, _MEAN, IGNORE_INDEX, total_weight)
+    return _aten._log_softmax_backward_data(grad, log_probs, 1, output.dtype)
+
+
+# Loss type -> d loss / d output, from (grad of the loss, output (batch, outputs), target).
+_LOSSES: dict[type[Loss], Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    CrossEntropy: _cross_entropy_backward,
+    MeanSquaredError: _mse_backward,
+}
+
+
+def loss_gradient(loss: Loss, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``d L(output, target) / d output`` ``(batch, outputs)`` for a loss of :func:`supported`."""
+    one = torch.ones((), dtype=output.dtype, device=output.device)
+    return _LOSSES[type(loss)](one, output, target)
+
+
+def mse_gradient(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``d mse(output, target) / d output`` (``F.mse_loss``, mean over all elements)."""
+    return _mse_backward(torch.ones((), dtype=output.dtype, device=output.device), output, target)
+
+
+@torch.no_grad()
+def linear_parameter_gradients(
+    grad_output: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dW, db)`` of ``F.linear(inputs, W, b)`` from ``grad_output`` ``(batch, out)``.
+
+    ``inputs`` is ``(batch, in)``, ``weight`` ``(out, in)``; as autograd's ``addmm`` backward
+    (``mm_mat2_backward`` on ``W^T``, then the transpose's backward) and the bias's reduction
+    over the batch (``sum_to``).
+    """
+    w_t = weight.t()  # (in, out); column-major for a contiguous W
+    if w_t.stride(0) == 1 and w_t.stride(1) == w_t.shape[0]:
+        grad_weight = grad_output.t().mm(inputs)
+    else:
+        grad_weight = inputs.t().mm(grad_output).t()
+    return grad_weight, grad_output.sum(0, keepdim=True).view(-1)
+
+
+def _linear_input_backward(
+    grad: torch.Tensor, weight: torch.Tensor, inputs: torch.Tensor
+) -> torch.Tensor:
+    """``d/dh`` of ``F.linear(h, W, b)`` (ATen ``addmm(b, h, W^T)``) from ``grad`` ``(batch, out)``.
+
+    As autograd's ``mm_mat1_backward``: a column-major ``h`` gets a column-major gradient.
+    """
+    rows = inputs.shape[0]
+    if inputs.stride(0) == 1 and inputs.stride(1) == rows:
+        return weight.t().mm(grad.t()).t()
+    return grad.mm(weight)
+
+
+def _through_layer(
+    grad_out: torch.Tensor, layer: nn.Linear, activation: nn.Module, hidden: torch.Tensor
+) -> torch.Tensor:
+    """``d/dc`` through ``layer(activation(c))`` given ``grad_out`` and ``hidden = f(c)``."""
+    grad_hidden = _linear_input_backward(grad_out, layer.weight, hidden)
+    return _ACTIVATION_BACKWARD[type(activation)](grad_hidden, hidden)
+
+
+def _forward(
+    code: torch.Tensor, layer: nn.Linear, activation: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f(c), layer(f(c)))``, the same operations as the modules' calls."""
+    hidden = _ACTIVATION_FORWARD[type(activation)](code)
+    return hidden, F.linear(hidden, layer.weight, layer.bias)
+
+
+def top_code_gradient(
+    code: torch.Tensor,
+    code0: torch.Tensor,
+    target: torch.Tensor,
+    head: nn.Linear,
+    activation: nn.Module,
+    loss: Loss,
+    mu: float,
+    scaled_loss: bool,
+) -> torch.Tensor:
+    """``d/dc`` of the top code's objective, ``(batch, units)`` like ``code``.
+
+    Call it under ``torch.no_grad()`` (the weights require gradients).
+
+    Args:
+        code: ``c`` ``(batch, units)``.
+        code0: ``c0``, the forward value of the code (same shape).
+        target: the batch's targets.
+        head: the output layer ``W, b`` (held fixed).
+        activation: ``f``.
+        loss: ``L`` (one of :mod:`methods.losses`; see :func:`supported`).
+        mu: the mismatch weight.
+        scaled_loss: ``(1/mu) L + mse`` if true, ``L + mu mse`` otherwise.
+    """
+    one = torch.ones((), dtype=code.dtype, device=code.device)  # autograd.grad's seed
+    hidden, output = _forward(code, head, activation)
+    grad_loss, grad_mismatch = (one / mu, one) if scaled_loss else (one, one * mu)
+    grad_output = _LOSSES[type(loss)](grad_loss, output, target)
+    through = _through_layer(grad_output, head, activation, hidden)
+    return through.add_(_mse_backward(grad_mismatch, code, code0))
+
+
+def lower_code_gradient(
+    code: torch.Tensor,
+    code0: torch.Tensor,
+    above: torch.Tensor,
+    layer: nn.Linear,
+    activation: nn.Module,
+) -> torch.Tensor:
+    """``d/dc`` of ``mse(layer(f(c)), above) + mse(c, c0)``, ``(batch, units)`` like ``code``.
+
+    ``above`` is the updated code of the next layer ``(batch, units above)``, held fixed.
+    Call it under ``torch.no_grad()``.
+    """
+    one = torch.ones((), dtype=code.dtype, device=code.device)
+    hidden, output = _forward(code, layer, activation)
+    grad_output = _mse_backward(one, output, above)
+    through = _through_layer(grad_output, layer, activation, hidden)
+    return through.add_(_mse_backward(one, code, code0))
