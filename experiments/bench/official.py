@@ -15,8 +15,9 @@ code that makes it:
   loading and logging, are replaced by empty stand-ins when not installed
   (:func:`install_stand_ins`);
 - their progress bars and prints go to a discarded buffer;
-- code that lives in a script's ``__main__`` block (alt-min's epoch loop, DTP's ``train``
-  set-up) is re-typed line for line around their functions; a script that runs on import (the
+- code that cannot be called for one epoch alone is re-typed line for line around their
+  functions: alt-min's epoch loop (in a script's ``__main__`` block) and the few set-up lines of
+  DTP's ``train()`` (which runs every epoch and the tests); a script that runs on import (the
   DNI example) is executed with ``--epochs 0`` and one removed torch API ported
   (``loss.data[0]`` -> ``loss.item()``).
 
