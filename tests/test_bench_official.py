@@ -129,3 +129,29 @@ def test_train_epoch_does_exactly_the_harness_epochs_updates(method):
     for start, after in zip(first, train_method.model.parameters(), strict=True):
         changed |= not torch.equal(start, after)
     assert changed  # the epochs trained something
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--only", "hsic,zz"], "error: --only: unknown pair 'zz'; pairs: hsic, altmin100,"),
+        (["--epochs", "0"], "error: --epochs: must be at least 1"),
+    ],
+)
+def test_accuracy_script_bad_options_are_one_line(tmp_path, capsys, argv, message):
+    from experiments.bench import official_accuracy
+
+    with pytest.raises(SystemExit) as stop:
+        official_accuracy.main(["--official-root", str(tmp_path), *argv])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_accuracy_script_needs_a_root(capsys, monkeypatch):
+    from experiments.bench import official_accuracy
+
+    monkeypatch.delenv(official.ENV_ROOT, raising=False)
+    with pytest.raises(SystemExit):
+        official_accuracy.main([])
+    assert "--official-root (or $BENCH_OFFICIAL_ROOT) is needed" in capsys.readouterr().err
