@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from experiments.bench import __main__ as bench
-from experiments.bench import jobs, timing
+from experiments.bench import jobs, official, timing
 from experiments.bench.cases import Case, Comparison
+
+
+@pytest.fixture(autouse=True)
+def no_official_root(monkeypatch):
+    """These runs never time the official code, whatever the environment says."""
+    monkeypatch.delenv(official.ENV_ROOT, raising=False)
 
 
 class FakeClock:
@@ -159,13 +165,15 @@ def test_unknown_group_is_one_line(capsys):
         bench.main(["--only", "a,zz"])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: --only: unknown group 'zz'; groups: a=harness, b=methods, c=flops, d=official"
+        "error: --only: unknown group 'zz'; groups: a=harness, b=methods, c=flops, d=official, "
+        "e=official-code"
     )
 
 
 def test_only_selects_groups_by_letter_or_name():
     assert bench.parse_groups("a, flops") == ["harness", "flops"]
-    assert bench.parse_groups(None) == ["harness", "methods", "flops", "official"]
+    assert bench.parse_groups(None) == ["harness", "methods", "flops", "official", "official-code"]
+    assert bench.parse_groups("e") == ["official-code"]
 
 
 def test_methods_keeps_only_their_rows_against_the_reference(tmp_path):

@@ -1,22 +1,31 @@
 """``python -m experiments.bench [--quick] [--rounds N] [--only a,b] [--methods m,..] [--out DIR]``.
 
 Runs the cases of :mod:`experiments.bench.cases` (all, or the groups named by ``--only``: letters
-``a``-``d`` or names ``harness``, ``methods``, ``flops``, ``official``; ``--methods`` keeps only
-the rows of those methods, each still against its case's reference), prints each row as it
-is measured, and writes ``bench.csv`` and ``bench.md`` into ``--out``. Exit status 2, with one
-line, for a bad option.
+``a``-``e`` or names ``harness``, ``methods``, ``flops``, ``official``, ``official-code``;
+``--methods`` keeps only the rows of those methods, each still against its case's reference),
+prints each row as it is measured, and writes ``bench.csv`` and ``bench.md`` into ``--out``.
+Group ``official-code`` runs the official implementations themselves and needs their checkouts
+(``--official-root DIR`` or the ``BENCH_OFFICIAL_ROOT`` variable); without them it is skipped
+with one line. Exit status 2, with one line, for a bad option.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from experiments.bench import cases, report, timing
+from experiments.bench import cases, official, report, timing
+
+SKIP_OFFICIAL = (
+    "official-code: skipped (no official checkouts); fetch them as docs/performance.md "
+    "('Against the official code') says, then pass --official-root DIR or set "
+    f"{official.ENV_ROOT}=DIR"
+)
 
 
 def parse_groups(text: str | None) -> list[str]:
@@ -92,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> list[report.Row]:
     parser = argparse.ArgumentParser(prog="python -m experiments.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 rounds (tests, CI)")
     parser.add_argument("--rounds", type=int, help="timed rounds of every case (default: per case)")
-    parser.add_argument("--only", help="groups: a=harness, b=methods, c=flops, d=official")
+    parser.add_argument(
+        "--only", help="groups: a=harness, b=methods, c=flops, d=official, e=official-code"
+    )
     parser.add_argument("--methods", help="comma-separated methods: only their rows, e.g. dtp,drl")
     parser.add_argument(
         "--out",
@@ -102,6 +113,13 @@ def main(argv: Sequence[str] | None = None) -> list[report.Row]:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
     parser.add_argument("--clock", choices=sorted(timing.CLOCKS), default="cpu")
+    parser.add_argument(
+        "--official-root",
+        type=Path,
+        default=os.environ.get(official.ENV_ROOT) or None,
+        help="folder holding the official checkouts, for group e=official-code "
+        f"(default: ${official.ENV_ROOT})",
+    )
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = Path("reports/bench-quick" if args.quick else "reports/bench")
@@ -120,9 +138,16 @@ def main(argv: Sequence[str] | None = None) -> list[report.Row]:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     clock = timing.CLOCKS[args.clock]
+    root = args.official_root
+    if "official-code" in groups:
+        if root is None:
+            print(SKIP_OFFICIAL)
+        else:
+            for line in official.missing(root):
+                print(f"official-code: skipped: {line}")
     rows: list[report.Row] = []
     with timing.limited_threads(args.threads):
-        for case in cases.all_cases(args.quick):
+        for case in cases.all_cases(args.quick, root if "official-code" in groups else None):
             if case.group not in groups:
                 continue
             if methods is not None and not any(keeps(m, methods) for m in case.methods):

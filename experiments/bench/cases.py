@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from experiments.bench import jobs
 from experiments.bench.timing import Job
 from experiments.data import Dataset
 
-GROUPS = {"a": "harness", "b": "methods", "c": "flops", "d": "official"}
+GROUPS = {"a": "harness", "b": "methods", "c": "flops", "d": "official", "e": "official-code"}
 
 MLP_METHODS = ("backprop", "dtp", "drl", "hsic", "altmin", "dni", "cdni", "fa", "dfa")
 NUMPY_METHODS = ("numpy_backprop",)
@@ -44,7 +45,7 @@ class Case:
     """One row group of the table.
 
     Attributes:
-        group: ``harness``, ``methods``, ``flops`` or ``official``.
+        group: ``harness``, ``methods``, ``flops``, ``official`` or ``official-code``.
         name: what was measured, with its shapes (e.g. ``mnist1d 40-256-256-10 b100``).
         rounds: default number of timed rounds (``--rounds`` overrides it).
         build: makes the :class:`Comparison` (models, data) when the case is run.
@@ -167,11 +168,134 @@ def flops_case(shapes: Shapes, gemm: int, rounds: int) -> Case:
     return Case("flops", shapes.label(), rounds, build, ("training",))
 
 
-def all_cases(quick: bool = False) -> list[Case]:
-    """Every case of the benchmark, in table order; ``quick``: tiny shapes, 3 rounds."""
-    if quick:
-        return list(_cases(tiny=True, rounds=lambda _: 3))
-    return list(_cases(tiny=False, rounds=lambda default: default))
+def all_cases(quick: bool = False, official_root: Path | None = None) -> list[Case]:
+    """Every case of the benchmark, in table order; ``quick``: tiny shapes, 3 rounds.
+
+    The ``official-code`` cases come last, only with ``official_root`` (the folder holding the
+    official checkouts, :mod:`experiments.bench.official`), and only those whose checkout is
+    there.
+    """
+    rounds = (lambda _: 3) if quick else (lambda default: default)
+    cases = list(_cases(tiny=quick, rounds=rounds))
+    if official_root is not None:
+        cases += official_code_cases(Path(official_root), quick, rounds)
+    return cases
+
+
+def ours_against_theirs_case(
+    shapes: Shapes,
+    method: str,
+    extra: Sequence[str],
+    theirs: Callable[[object], Job],
+    label: str,
+    rounds: int,
+    tag: str = "",
+) -> Case:
+    """Group ``official-code``: our ``method``'s train-only epoch against an official one.
+
+    Both sides run one training epoch over the same batches (same seeded permutation) and
+    evaluate nothing: ours is :func:`jobs.train_epoch` of the method composed as a run would be
+    (with ``extra`` overrides), theirs is ``theirs(data)`` (a job from
+    :mod:`experiments.bench.official`). The row's value is ours / theirs.
+
+    Args:
+        shapes: the official shapes (random data of them).
+        method: our method's name (the row's job).
+        extra: config overrides, e.g. ``["model.activation=tanh"]``.
+        theirs: builds the official epoch on the case's data.
+        label: the reference's name, e.g. ``official IBM/online-alt-min@ef31aaa``.
+        rounds: timed rounds.
+        tag: appended to the case's shapes (e.g. ``, float64``).
+    """
+
+    def build() -> Comparison:
+        data = shapes.dataset()
+        cfg = jobs.compose_config(_overrides(shapes, method, "mlp", *extra))
+        ours = jobs.train_epoch(jobs.build_from_config(cfg, data), data, shapes.batch)
+        return Comparison(jobs={label: theirs(data), method: ours}, reference=label)
+
+    name = f"{method}: {shapes.label(extra=tag)}, train only"
+    return Case("official-code", name, rounds, build, (method,))
+
+
+def official_code_cases(
+    root: Path, tiny: bool, rounds: Callable[[int], int] = lambda default: default
+) -> list[Case]:
+    """Our methods against the official code on its shapes (see :mod:`.official`).
+
+    Only the checkouts present under ``root`` give cases (:func:`official.missing` names the
+    others). ``tiny`` shrinks widths to at most 32 and the data to two batches.
+    """
+    from experiments.bench import official
+
+    def mlp(hidden, batch) -> Shapes:
+        if tiny:
+            hidden, batch = tuple(min(h, 32) for h in hidden), min(batch, 64)
+        n_train = (2 if tiny else 10) * batch
+        return Shapes("fashion_mnist", (28, 28), n_train, n_train // 10, tuple(hidden), batch)
+
+    def present(key: str) -> bool:
+        return (root / official.CHECKOUTS[key].folder).is_dir()
+
+    cases = []
+    label = {key: spec.label for key, spec in official.CHECKOUTS.items()}
+    if present("hsic"):
+        hsic = mlp((1024,) * 6, 256)
+        width, n_layers = hsic.hidden[0], len(hsic.hidden) - 1
+        cases.append(
+            ours_against_theirs_case(
+                hsic,
+                "hsic",
+                (),
+                lambda data: official.hsic_job(root, data, hsic.batch, width, n_layers),
+                label["hsic"],
+                rounds(9),
+            )
+        )
+    if present("altmin"):
+        for width in (100, 500):
+            shapes = mlp((width, width), 200)
+            cases.append(
+                ours_against_theirs_case(
+                    shapes,
+                    "altmin",
+                    (),
+                    lambda data, s=shapes: official.altmin_job(root, data, s.batch, s.hidden[0]),
+                    label["altmin"],
+                    rounds(9),
+                )
+            )
+    if present("dtp"):
+        dtp = mlp((256,) * 5, 128)
+        sizes = {"size_hidden": dtp.hidden[0], "num_hidden": len(dtp.hidden)}
+        for double in (True, False):
+            cases.append(
+                ours_against_theirs_case(
+                    dtp,
+                    "dtp",
+                    ("model.activation=tanh", "model.init=orthogonal"),
+                    lambda data, d=double: official.dtp_job(root, data, dtp.batch, d, **sizes),
+                    label["dtp"] + (" float64 (their default)" if double else " float32"),
+                    rounds(9),
+                    ", tanh",
+                )
+            )
+    if present("dni"):
+        dni = mlp((256, 256), 64)
+        synthesiser = f"method.hidden_sizes=[{min(256, dni.hidden[0])}]"
+        for method in ("dni", "cdni"):
+            cases.append(
+                ours_against_theirs_case(
+                    dni,
+                    method,
+                    (synthesiser,),
+                    lambda data, c=(method == "cdni"): official.dni_job(root, data, dni.batch, c),
+                    label["dni"] + (" --context" if method == "cdni" else ""),
+                    rounds(9),
+                    ", synthesiser 256",
+                )
+            )
+    return cases
 
 
 def _cases(tiny: bool, rounds: Callable[[int], int]) -> Iterator[Case]:

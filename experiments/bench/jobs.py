@@ -7,6 +7,8 @@ call to call, so every call of two jobs built with the same seed sees the same b
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
@@ -15,8 +17,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.bench.timing import Job
-from experiments.data import Dataset
-from experiments.loop import fit
+from experiments.data import Dataset, minibatches
+from experiments.loop import Diverged, fit
 from experiments.train import CONF_DIR, build_model
 from methods import Method, build_method, make_optimizer
 from methods.losses import loss_for_task
@@ -92,6 +94,44 @@ def harness_epoch(
 
     def run() -> None:
         fit(method, data, 1, batch_size, eval_batch_size, generator, progress=False)
+
+    return run
+
+
+def train_epoch(method: Method, data: Dataset, batch_size: int, seed: int = 0) -> Job:
+    """One epoch of :func:`experiments.loop.fit`'s training part only: no evaluation.
+
+    The same calls, in the same order, as ``fit(method, data, 1, ...)`` up to the end of its
+    batch loop: the budget check and lifecycle hooks, one :meth:`Method.step` per batch of the
+    same seeded permutation, the loss read and divergence check, and the example-weighted
+    metric sums. Left out: the test-split evaluation, :meth:`Method.epoch_metrics` (e.g. DNI's
+    cosine probe) and the log line. The method's epoch accumulators are cleared at the end as
+    ``fit`` does. One call leaves the same weights as one ``fit`` epoch of the same seed
+    (tested), so it compares with an official training loop that evaluates nothing.
+
+    Raises:
+        experiments.loop.Diverged: if a batch loss is NaN or infinite.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n_batches = math.ceil(len(data.x_train) / batch_size)
+
+    def run() -> None:
+        method.check_budget(1, n_batches)
+        method.on_train_start(1, n_batches)
+        method.on_epoch_start(1)
+        sums: dict[str, float] = defaultdict(float)
+        for step, (x, y) in enumerate(
+            minibatches(data.x_train, data.y_train, batch_size, generator), start=1
+        ):
+            if data.train_transform is not None:
+                x = data.train_transform(x, generator)
+            batch_metrics = method.step(x, y)
+            loss = float(batch_metrics["loss"])
+            if not math.isfinite(loss):
+                raise Diverged(step, loss, "train")
+            for key, value in batch_metrics.items():
+                sums[key] += float(value) * len(x)
+        method.reset_epoch_metrics()
 
     return run
 
