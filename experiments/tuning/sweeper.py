@@ -50,6 +50,14 @@ def suggest(trial: Trial, name: str, distribution: optuna.distributions.BaseDist
     )
 
 
+def job_output_dir(ret: JobReturn) -> str | None:
+    """The job's output folder (``hydra.runtime.output_dir``), or ``None`` when unknown."""
+    try:
+        return str(ret.hydra_cfg.hydra.runtime.output_dir)
+    except Exception:  # a launcher that returns no Hydra config
+        return None
+
+
 def objective_values(ret: JobReturn, directions: int) -> list[float]:
     """The finite float(s) a job returned, one per direction.
 
@@ -191,8 +199,9 @@ class OptunaStudySweeper:
             returns = self.launcher.launch(overrides, initial_job_idx=job_idx)
             failures = []
             for trial, ret in zip(trials, returns):
-                if ret.working_dir:
-                    trial.set_user_attr("hydra_output_dir", str(ret.working_dir))
+                output_dir = job_output_dir(ret)
+                if output_dir:  # the job's folder, also its MLflow runs' hydra_output_dir tag
+                    trial.set_user_attr("hydra_output_dir", output_dir)
                 try:
                     values = objective_values(ret, len(self.directions))
                 except Exception as error:
