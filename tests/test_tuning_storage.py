@@ -251,7 +251,18 @@ def check_shared_study(storage, tracking_uri, experiment, expected) -> list:
 def test_two_workers_share_one_sqlite_study(tmp_path, tracking_uri):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     run_workers(tmp_path, tracking_uri, storage, workers=2, n_trials=3, experiment="shared_sqlite")
-    check_shared_study(storage, tracking_uri, "shared_sqlite", expected=6)
+    trials = check_shared_study(storage, tracking_uri, "shared_sqlite", expected=6)
+    # The tuned defaults come from the whole study, across both workers' parent runs.
+    from analysis.export_tuned import export
+
+    [path] = export(tracking_uri, "shared_sqlite", tmp_path / "tuned")
+    info = yaml.safe_load(path.read_text())
+    best = max(trials, key=lambda t: t.value)
+    assert info["tuned"]["trials"] == 6
+    assert info["tuned"]["best_value"] == pytest.approx(best.value, rel=1e-9)
+    assert info["method"]["optimizer"]["lr"] == pytest.approx(
+        best.params["method.optimizer.lr"], rel=1e-9
+    )
 
 
 @pytest.mark.slow

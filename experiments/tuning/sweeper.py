@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial, TrialState
 
 from experiments.errors import ConfigError, NoCompletedTrial
-from experiments.tracking import SWEEP_RUN_ENV
+from experiments.tracking import SWEEP_RUN_ENV, make_client
+from experiments.tuning import STUDY_TAG
 from experiments.tuning.search_space import parse_search_space, trial_overrides
 from experiments.tuning.storage import open_study, safe_url, study_summary
 
@@ -167,6 +168,8 @@ class OptunaStudySweeper:
             self.n_jobs,
             self.directions,
         )
+        if self.storage:
+            self._tag_parent_run(study.study_name)
         worker = f"{socket.gethostname()}:{os.getpid()}"
         job_idx, left = 0, self.n_trials
         while left > 0:
@@ -177,6 +180,17 @@ class OptunaStudySweeper:
             job_idx += len(trials)
             left -= len(trials)
         self._finish(study)
+
+    def _tag_parent_run(self, study_name: str) -> None:
+        # Each worker has its own parent MLflow run; the tag says they belong to one study.
+        assert self.config is not None
+        run_id = os.environ.get(SWEEP_RUN_ENV)
+        if not run_id:
+            return
+        try:
+            make_client(self.config.mlflow.tracking_uri).set_tag(run_id, STUDY_TAG, study_name)
+        except Exception as error:  # tracking problems never stop a study
+            log.warning("could not tag the sweep's parent run with its study: %s", error)
 
     def _run_batch(
         self,
