@@ -4,6 +4,7 @@ Several workers running the same command with ``hydra.sweeper.storage=<database>
 hydra.sweeper.study_name=<name>`` share one study (docs/cluster.md, "Distributed tuning").
 """
 
+import functools
 import json
 import math
 import shutil
@@ -17,13 +18,16 @@ import optuna
 import pytest
 import sqlalchemy.exc
 import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, NoCompletedTrial
 from experiments.tracking import get_or_create_experiment, make_client
 from experiments.tuning import storage as storage_module
 from experiments.tuning.search_space import parse_search_space, trial_overrides
 from experiments.tuning.storage import open_study
+from experiments.tuning.sweeper import OptunaStudySweeper
 from tests.services import free_port, integration
 from tests.test_cli import subprocess_env
 
@@ -340,3 +344,80 @@ def test_optuna_dashboard_serves_the_study(tmp_path):
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)
+
+
+class FakeLauncher:
+    """Hydra's launcher interface: records each batch, returns the given results in order."""
+
+    def __init__(self, results):
+        self.results, self.batches = list(results), []
+
+    def launch(self, overrides, initial_job_idx):
+        self.batches.append((initial_job_idx, [list(o) for o in overrides]))
+        returns = []
+        for _ in overrides:
+            result = self.results.pop(0)
+            failed = isinstance(result, Exception)
+            status = JobStatus.FAILED if failed else JobStatus.COMPLETED
+            returns.append(JobReturn(status=status, _return_value=result))
+        return returns
+
+
+def fake_sweeper(results, n_trials, n_jobs=1, max_failure_rate=1.0, tmp_path=None):
+    sweeper = OptunaStudySweeper(
+        sampler=functools.partial(optuna.samplers.RandomSampler, seed=0),
+        direction="maximize",
+        storage=None,
+        study_name=None,
+        n_trials=n_trials,
+        n_jobs=n_jobs,
+        max_failure_rate=max_failure_rate,
+        params=OmegaConf.create({"method.optimizer.lr": "tag(log, interval(1e-4, 1e-2))"}),
+    )
+    sweep = {"dir": str(tmp_path), "subdir": "${hydra.job.num}"}
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": sweep}, "mlflow": {}})
+    sweeper.launcher = FakeLauncher(results)
+    return sweeper
+
+
+def test_a_failed_or_non_finite_trial_is_told_failed_and_the_study_goes_on(tmp_path, caplog):
+    results = [0.5, RuntimeError("seed 1000 diverged"), float("nan"), "text", 0.75]
+    sweeper = fake_sweeper(results, n_trials=5, n_jobs=2, tmp_path=tmp_path)
+    sweeper.sweep(["data=digits"])
+    batches = sweeper.launcher.batches
+    assert [(start, len(jobs)) for start, jobs in batches] == [(0, 2), (2, 2), (4, 1)]
+    number = 0
+    for _, jobs in batches:  # sampled value, fixed overrides, the trial's own folder
+        for job in jobs:
+            assert job[0].startswith("method.optimizer.lr=") and 1e-4 <= float(job[0][20:]) <= 1e-2
+            assert job[1:] == ["data=digits", f"hydra.sweep.subdir={number}"]
+            number += 1
+    saved = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert saved.trials == {"COMPLETE": 2, "FAIL": 3}
+    assert saved.best_value == 0.75 and saved.best_trial == 4
+    assert "trial 1 failed: seed 1000 diverged" in caplog.text
+
+
+def test_a_study_whose_every_trial_failed_raises_no_completed_trial(tmp_path):
+    sweeper = fake_sweeper([RuntimeError("diverged")] * 2, n_trials=2, tmp_path=tmp_path)
+    with pytest.raises(NoCompletedTrial, match="^the study completed no trial"):
+        sweeper.sweep([])
+
+
+def test_more_failures_than_max_failure_rate_stop_with_the_job_s_exception(tmp_path):
+    sweeper = fake_sweeper(
+        [0.5, ValueError("bad job"), 0.6], n_trials=3, n_jobs=2, max_failure_rate=0.0
+    )
+    sweeper.config.hydra.sweep.dir = str(tmp_path)
+    with pytest.raises(ValueError, match="bad job"):
+        sweeper.sweep([])
+    assert len(sweeper.launcher.batches) == 1  # the second batch never started
+
+
+def test_bad_sweeper_numbers_are_one_line_naming_the_key(tmp_path):
+    sweeper = fake_sweeper([], n_trials=2, max_failure_rate=2.0, tmp_path=tmp_path)
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.max_failure_rate: 2.0 not in \[0, 1\]$"):
+        sweeper.sweep([])
+    sweeper = fake_sweeper([], n_trials=0, tmp_path=tmp_path)
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.n_trials: 0 is not >= 1$"):
+        sweeper.sweep([])

@@ -106,12 +106,6 @@ class OptunaStudySweeper:
         max_failure_rate: float,
         params: DictConfig | None,
     ) -> None:
-        if not 0.0 <= max_failure_rate <= 1.0:
-            raise ConfigError(f"hydra.sweeper.max_failure_rate: {max_failure_rate} not in [0, 1]")
-        if n_trials < 1 or n_jobs < 1:
-            raise ConfigError(
-                f"hydra.sweeper.n_trials ({n_trials}) and n_jobs ({n_jobs}) must be >= 1"
-            )
         self.make_sampler = sampler
         self.directions = [direction] if isinstance(direction, str) else [str(d) for d in direction]
         self.storage = storage or None
@@ -156,6 +150,14 @@ class OptunaStudySweeper:
                 ``max_failure_rate``.
         """
         assert self.config is not None and self.launcher is not None
+        # Checked here, not in __init__, where Hydra would wrap the line in its own message.
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ConfigError(
+                f"hydra.sweeper.max_failure_rate: {self.max_failure_rate} not in [0, 1]"
+            )
+        for key in ("n_trials", "n_jobs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"hydra.sweeper.{key}: {getattr(self, key)} is not >= 1")
         preset = [f"{key}={value}" for key, value in (self.params or {}).items()]
         space, fixed = parse_search_space([*preset, *arguments])
         study = open_study(self.storage, self.study_name, self._sampler(None), self.directions)
