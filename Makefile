@@ -10,12 +10,15 @@ METHOD ?=
 PYTEST_ARGS ?=
 
 .PHONY: install reproduce snapshot train tune tune-compare bench test lint format data ui clean \
-	server server-stop slurm slurm-stop
+	server server-stop slurm slurm-stop dashboard
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	@# hydra-optuna-sweeper (older checkouts) pins Optuna < 3 and registers its own
+	@# hydra/sweeper=optuna: remove it from an existing .venv (a no-op when absent).
+	$(BIN)/python -m pip uninstall --quiet --yes hydra-optuna-sweeper 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet -e '.[test,server,slurm]'
 	touch $@
 
@@ -94,6 +97,14 @@ server: install ## MLflow tracking server on PostgreSQL at http://127.0.0.1:$(ML
 server-stop: ## Stop the tracking server and its PostgreSQL (their data stays in .services/)
 	MLFLOW_PORT=$(MLFLOW_PORT) scripts/mlflow_server.sh stop
 	scripts/postgres.sh stop
+
+# A study shared by several tuning workers (hydra.sweeper.storage=...), live in the browser.
+STORAGE ?=
+DASHBOARD_PORT ?= 8080
+
+dashboard: install ## optuna-dashboard of STORAGE=<study database URL> at http://127.0.0.1:$(DASHBOARD_PORT)
+	@test -n "$(STORAGE)" || { echo "usage: make dashboard STORAGE=postgresql://user@host:port/db (or sqlite:////abs/path.db)" >&2; exit 2; }
+	$(BIN)/optuna-dashboard '$(STORAGE)' --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 slurm: ## Single-node SLURM cluster on this machine (root; then eval "$$(scripts/slurm.sh env)")
 	scripts/slurm.sh start

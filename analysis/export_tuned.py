@@ -6,15 +6,16 @@ After a study (``python -m experiments.train -m experiment=tune method=M search=
     python -m analysis.export_tuned --method dtp  # one method
 
 For each method x model x data, the newest study in the MLflow experiment is used (its jobs
-share a parent run, one per sweep invocation). A trial trains once per tuning seed
-(``train.objective_seeds``), one MLflow run per seed; its score is the mean of the study's
-objective (``train.objective``, the last logged value, maximised unless its name ends in
-``loss``) over those seeds, and only trials whose every seed finished count (a diverged or
-killed seed fails the trial). The file holds the best trial's values of exactly the keys of
-``conf/search/<method>.yaml``, rounded to 4 significant digits, and a ``tuned`` block saying
-where they came from (logged with every run that uses them). ``conf/config.yaml`` applies the
-file automatically to every run of that method, model and data; ``~tuned`` on the command line
-opts out.
+share a parent run, one per sweep invocation; a study shared by several workers through
+``hydra.sweeper.storage`` pools the runs of every worker's parent run tagged with its name). A
+trial trains once per tuning seed (``train.objective_seeds``), one MLflow run per seed; its
+score is the mean of the study's objective (``train.objective``, the last logged value,
+maximised unless its name ends in ``loss``) over those seeds, and only trials whose every seed
+finished count (a diverged or killed seed fails the trial). The file holds the best trial's
+values of exactly the keys of ``conf/search/<method>.yaml``, rounded to 4 significant digits,
+and a ``tuned`` block saying where they came from (logged with every run that uses them).
+``conf/config.yaml`` applies the file automatically to every run of that method, model and
+data; ``~tuned`` on the command line opts out.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import yaml
 
 from analysis.runs import load_runs
 from experiments.tracking import make_client
+from experiments.tuning import STUDY_TAG
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Overrides of a trial that say nothing about the study's setting: where it was tracked, the
@@ -259,6 +261,30 @@ def write_tuned(config: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
+def shared_study_sweeps(tracking_uri: str, sweep_run: str) -> set[str]:
+    """The parent runs of every worker of ``sweep_run``'s Optuna study.
+
+    A study shared through ``hydra.sweeper.storage`` has one parent run per worker, each tagged
+    with the study's name (:data:`experiments.tuning.STUDY_TAG`); an in-memory study is its one
+    sweep.
+
+    Returns:
+        ``{sweep_run}``, or every parent run in its experiment tagged with the same study.
+    """
+    client = make_client(tracking_uri)
+    parent = client.get_run(sweep_run)
+    name = parent.data.tags.get(STUDY_TAG)
+    if not name:
+        return {sweep_run}
+    escaped = name.replace("'", "\\'")
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.{STUDY_TAG} = '{escaped}' and tags.role = 'sweep'",
+        max_results=10_000,
+    )
+    return {sweep_run, *(run.info.run_id for run in runs)}
+
+
 def export(
     tracking_uri: str,
     experiment: str,
@@ -282,7 +308,8 @@ def export(
     written = []
     for _, triple in runs.groupby(["method", "model", "data"], sort=True):
         newest = triple["sweep_run"].iloc[0]  # load_runs lists the newest run first
-        study = triple[triple["sweep_run"] == newest]
+        workers = shared_study_sweeps(tracking_uri, newest)
+        study = triple[triple["sweep_run"].isin(workers)]
         written.append(write_tuned(tuned_config(study, direction, overrides_of), out_dir))
     return written
 

@@ -7,3 +7,7 @@ loading) can raise them without importing the learning rules (``methods/``).
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the key."""
+
+
+class NoCompletedTrial(RuntimeError):
+    """A tuning study ended with no ``COMPLETE`` trial: every trial failed (or diverged)."""

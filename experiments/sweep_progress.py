@@ -21,7 +21,8 @@ def count_jobs(config: DictConfig) -> int | None:
 
     Hydra's basic sweeper: the product of the numbers of values of every swept key, from the
     command line and ``hydra.sweeper.params``, counted with the sweeper's own
-    ``BasicSweeper.split_arguments`` (Hydra 1.3). The Optuna sweeper: ``hydra.sweeper.n_trials``.
+    ``BasicSweeper.split_arguments`` (Hydra 1.3). The Optuna sweeper: ``hydra.sweeper.n_trials``
+    (this worker's trials, when several workers share a study).
 
     Returns:
         The count, or ``None`` for another sweeper or overrides this cannot expand (a ``glob``

@@ -60,6 +60,7 @@ from experiments.checkpoint import (
 from experiments.data import Dataset, DataUnavailableError, carve_validation
 from experiments.dataset_input import training_input
 from experiments.diagnostics import UpdateDiagnostics
+from experiments.errors import NoCompletedTrial
 from experiments.interrupts import deliver_interrupts, exit_status, held_interrupts, signal_of
 from experiments.loop import Diverged, fit
 from experiments.preemption import Preemption, restart_resume
@@ -426,29 +427,6 @@ def refuse_tuned_null(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def refuse_shared_study(argv: list[str]) -> None:
-    """Exit with one line for ``hydra.sweeper.storage=<database>`` under Optuna < 3.
-
-    hydra-optuna-sweeper pins Optuna < 3, whose RDB storage fails its schema check under
-    SQLAlchemy 2 with a bare ``AssertionError`` (on SQLite and PostgreSQL alike; checked with
-    Optuna 2.10.1 and SQLAlchemy 2.1.9, docs/cluster.md), after the sweep has started.
-    """
-    storage = [arg.split("=", 1)[1] for arg in argv if arg.startswith("hydra.sweeper.storage=")]
-    if not storage or storage[-1] in ("null", "None", ""):
-        return
-    from importlib.metadata import version
-
-    optuna, sqlalchemy = version("optuna"), version("sqlalchemy")
-    if int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
-        print(
-            f"error: hydra.sweeper.storage: Optuna {optuna} (pinned by hydra-optuna-sweeper) "
-            f"cannot open a database storage with SQLAlchemy {sqlalchemy}; tune with the "
-            "in-memory study (leave the storage unset); see docs/cluster.md",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-
-
 def composition_error_message(error: BaseException) -> str | None:
     """One line for a key or value that the schema rejected while Hydra composed the config.
 
@@ -498,39 +476,23 @@ def composition_error_message(error: BaseException) -> str | None:
     return message
 
 
-def _no_trial_completed(error: BaseException) -> bool:
-    """Whether ``error`` is the Optuna sweeper's crash on a study whose every trial failed."""
-    import traceback
-
-    modules = {
-        frame.f_globals.get("__name__", "") for frame, _ in traceback.walk_tb(error.__traceback__)
-    }
-    return (
-        isinstance(error, ValueError)
-        and "No trials are completed" in str(error)
-        and any(name.startswith("hydra_plugins.hydra_optuna_sweeper") for name in modules)
-    )
-
-
 def describe_failure(error: Exception) -> tuple[str, int, bool]:
     """How the command line reports an error that ended it.
 
     Returns:
         ``(message, exit status, show traceback)``: 2 and no traceback for a bad config or
-        command line (Hydra's composition errors, with the valid keys for a misspelt one);
-        1 and no traceback for a study whose every trial failed; 1 with the traceback for
+        command line (Hydra's composition errors, with the valid keys for a misspelt one; the
+        Optuna sweeper's search space or storage); 1 and no traceback for a study whose every
+        trial failed (:class:`~experiments.errors.NoCompletedTrial`); 1 with the traceback for
         anything else (a bug).
     """
     from hydra.errors import CompactHydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    if _no_trial_completed(error):
-        return (
-            "the study completed no trial: every trial failed (each trial's MLflow run says "
-            "why in its failure_reason tag)",
-            1,
-            False,
-        )
+    if isinstance(error, NoCompletedTrial):
+        return str(error), 1, False
+    if isinstance(error, ConfigError):  # raised by the sweeper itself (search space, storage)
+        return str(error), 2, False
     rejected = composition_error_message(error)
     if rejected is not None:
         return rejected, 2, False
@@ -567,7 +529,6 @@ def cli(argv: list[str] | None = None) -> None:
             ``sys.argv`` itself).
     """
     refuse_tuned_null(sys.argv[1:] if argv is None else argv)
-    refuse_shared_study(sys.argv[1:] if argv is None else argv)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra then raises every error here instead of printing it and exiting with status 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -14,7 +14,14 @@ import experiments.schema  # noqa: F401 (stores the schema that conf/config.yaml
 
 # The integration tests' services (PostgreSQL + MLflow server, SLURM), registered once here so
 # that a session starts each at most once.
-from tests.services import server, server_uri, services_dir, slurm_env  # noqa: F401
+from tests.services import (  # noqa: F401
+    fresh_database,
+    postgres,
+    server,
+    server_uri,
+    services_dir,
+    slurm_env,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(REPO_ROOT / "conf")

@@ -122,6 +122,57 @@ def server_uri(server) -> str:
     return server["uri"]
 
 
+@pytest.fixture(scope="session")
+def postgres(services_dir) -> Iterator[str]:
+    """The ``postgresql://`` URI of a PostgreSQL database whose user may create databases.
+
+    ``$BACKPROP_BENCH_DATABASE_URI`` when set (CI: the server's cluster), else a cluster of
+    its own from ``scripts/postgres.sh`` on a free port (no MLflow server), else a skip.
+    """
+    uri = os.environ.get(DATABASE_ENV)
+    if uri:
+        yield uri
+        return
+    if not postgres_binaries():
+        pytest.skip(
+            f"PostgreSQL binaries absent (apt-get install postgresql) and {DATABASE_ENV} unset"
+        )
+    pytest.importorskip("psycopg", reason="psycopg absent: pip install -e '.[server]'")
+    folder = services_dir / "postgres-only"
+    folder.mkdir()
+    folder.chmod(0o755)
+    env = {**os.environ, "SERVICES_DIR": str(folder), "PG_PORT": str(free_port())}
+    try:
+        _script("postgres.sh", "start", env)
+        yield _script("postgres.sh", "url", env)
+    finally:
+        subprocess.run([str(SCRIPTS / "postgres.sh"), "stop"], env=env, check=False)
+
+
+@pytest.fixture
+def fresh_database(postgres) -> Iterator[str]:
+    """The URI of a new, empty PostgreSQL database on :func:`postgres`'s cluster, dropped after.
+
+    One per test: a schema left by another Optuna version (2.10's half-created tables) breaks
+    Optuna 5 (``column trial_values.value_type does not exist``).
+    """
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres)
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def _slurm_answers(env: dict[str, str]) -> bool:
     try:
         result = subprocess.run(

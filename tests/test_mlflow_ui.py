@@ -27,7 +27,7 @@ from experiments.ui_links import REPO_STORE, run_line, run_url
 from tests.test_cli import finished_runs, train
 
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+OPTUNA = "hydra_plugins.backprop_bench_sweeper.optuna_sweeper.OptunaSweeper"
 
 
 def test_experiments_are_typed_as_model_training_unless_typed_otherwise(tracking_uri):
