@@ -68,6 +68,7 @@ from methods.networks import MLP
 from methods.networks.cnn import CNN, CNN_ACTIVATIONS, ConvBlock
 from methods.options import Bounds, OneOf, OptimizerConfig
 from methods.tp_feedback import ConvFeedback, LinearFeedback
+from methods.tp_grads import activation_backward, distance_grad, has_closed_form, linear_grads
 
 SCHEDULES = ("per_batch", "alternating")
 INVERSE_INITS = ("orthogonal", "default")
@@ -241,9 +242,47 @@ class DifferenceTargetPropagation(Method):
     def switches(self, h: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """``[None, s_1, ..., s_{H+1}]``: each layer's max-pooling switches (``None`` if none).
 
-        Recomputed from ``h`` (:meth:`activations`), one layer at a time.
+        Recomputed from ``h`` (:meth:`activations`) for the max-pooled conv blocks only; the
+        other layers have none, so their forward pass is not repeated.
         """
-        return [None, *(self.layer_with_switches(i, h[i - 1])[1] for i in range(1, len(h)))]
+        return [
+            None,
+            *(
+                self.layer_with_switches(i, h[i - 1])[1] if self.max_pooled(i) else None
+                for i in range(1, len(h))
+            ),
+        ]
+
+    def max_pooled(self, i: int) -> bool:
+        """Whether layer ``i`` (1-based) is a max-pooled conv block (it has switches)."""
+        layer = self.model.layers[i - 1]
+        return isinstance(layer, ConvBlock) and layer.pool_kind == "max"
+
+    @property
+    def closed_form(self) -> bool:
+        """Whether the local losses' gradients take the closed form (:mod:`methods.tp_grads`).
+
+        True on the MLP (every layer and inverse linear) with an inverse activation whose
+        derivative is a function of its output (not ELU); elsewhere autograd computes them.
+        Both give bit-identical gradients.
+        """
+        return isinstance(self.model, MLP) and has_closed_form(self.inverse_activation)
+
+    @torch.no_grad()
+    def inverse_outputs(
+        self, h: list[torch.Tensor], switches: list[torch.Tensor | None] | None = None
+    ) -> list[torch.Tensor | None]:
+        """``[None, None, g_2(h_2), ..., g_K(h_K)]``: the inverses at the forward pass, detached.
+
+        The second term of every difference correction; computed once per batch and shared by
+        the targets and DRL's reconstructions (the inverses do not change in between).
+
+        Args:
+            h: ``[h_0, ..., h_{H+1}]`` as from :meth:`activations`.
+            switches: :meth:`switches` of ``h``, if already computed.
+        """
+        switches = self.switches(h) if switches is None else switches
+        return [None, None, *(self.inverse(i, h[i], switches[i]) for i in range(2, self.top + 1))]
 
     def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[h_0, h_1, ..., h_H, h_{H+1} = o]``, detached.
@@ -257,7 +296,11 @@ class DifferenceTargetPropagation(Method):
 
     @torch.no_grad()
     def propagate_targets(
-        self, h: list[torch.Tensor], top_target: torch.Tensor
+        self,
+        h: list[torch.Tensor],
+        top_target: torch.Tensor,
+        inverse_h: list[torch.Tensor | None] | None = None,
+        switches: list[torch.Tensor | None] | None = None,
     ) -> list[torch.Tensor | None]:
         """Difference-corrected targets ``[None, h_hat_1, ..., h_hat_K]`` from ``h_hat_K``.
 
@@ -266,13 +309,15 @@ class DifferenceTargetPropagation(Method):
         Args:
             h: ``[h_0, ..., h_{H+1}]`` as from :meth:`activations`.
             top_target: ``h_hat_K``, ``(batch, n_K)``.
+            inverse_h: :meth:`inverse_outputs` of ``h`` with the current inverses, if computed.
+            switches: :meth:`switches` of ``h``, if computed.
         """
-        switches = self.switches(h)
+        switches = self.switches(h) if switches is None else switches
+        inverse_h = self.inverse_outputs(h, switches) if inverse_h is None else inverse_h
         targets: list[torch.Tensor | None] = [None] * (self.top + 1)
         targets[-1] = top_target
         for i in range(self.top, 1, -1):
-            s = switches[i]
-            targets[i - 1] = h[i - 1] + self.inverse(i, targets[i], s) - self.inverse(i, h[i], s)
+            targets[i - 1] = h[i - 1] + self.inverse(i, targets[i], switches[i]) - inverse_h[i]
         return targets
 
     def top_target(
@@ -312,27 +357,43 @@ class DifferenceTargetPropagation(Method):
         """Gradients of each chain layer's local loss ``mean_n ||f_i(h_{i-1}) - h_hat_i||^2``.
 
         Only layer ``i``'s parameters get layer ``i``'s gradient; inputs and targets are constants.
+        On the MLP ``f_i(h_{i-1})`` is ``h_i`` itself and the gradient takes its closed form
+        (:mod:`methods.tp_grads`, bit-identical to autograd's); on the CNN autograd computes it.
 
         Returns:
             ``[(dW_1, db_1), ..., (dW_K, db_K)]``.
         """
         updates = []
         for i in range(1, self.top + 1):
+            if isinstance(self.model, MLP):
+                activation = self.model.activation if i <= self.num_hidden else None
+                with torch.no_grad():
+                    _, grad = distance_grad(h[i], targets[i])
+                    grad = activation_backward(activation, grad, h[i])
+                    updates.append(linear_grads([grad], [h[i - 1]]))
+                continue
             local = squared_distance(self.layer(i, h[i - 1].detach()), targets[i].detach())
             updates.append(torch.autograd.grad(local, list(self.params_of(i))))
         return updates
 
     def forward_step(
-        self, x: torch.Tensor, y: torch.Tensor, h: list[torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        h: list[torch.Tensor] | None = None,
+        inverse_h: list[torch.Tensor | None] | None = None,
+        switches: list[torch.Tensor | None] | None = None,
     ) -> dict[str, float]:
         """Compute targets with the current inverses; write every forward update into ``.grad``.
 
-        ``h``: :meth:`activations` of ``x`` if already computed at the current weights.
-        Returns the task loss's metrics of the batch (before the update).
+        ``h``: :meth:`activations` of ``x`` if already computed at the current weights;
+        ``inverse_h``, ``switches``: :meth:`inverse_outputs` and :meth:`switches` of ``h`` with
+        the current inverses, if computed. Returns the task loss's metrics of the batch (before
+        the update).
         """
         h = self.activations(x) if h is None else h
         top, head_grads = self.top_target(h, y)
-        targets = self.propagate_targets(h, top)
+        targets = self.propagate_targets(h, top, inverse_h, switches)
         for i, update in enumerate(self.forward_update(h, targets), start=1):
             weight, bias = self.params_of(i)
             weight.grad, bias.grad = update
@@ -343,45 +404,114 @@ class DifferenceTargetPropagation(Method):
             weight.grad, bias.grad = head_grads
         return self.loss.metrics(h[-1], y)
 
+    # DRL's reconstruction adds h_{i-1} - g_i(h_i) to g_i's output (a difference correction).
+    difference_reconstruction = False
+
+    @torch.no_grad()
+    def feedback_input(
+        self,
+        i: int,
+        h: list[torch.Tensor],
+        corrupted: torch.Tensor,
+        switches: list[torch.Tensor | None],
+        inverse_h: list[torch.Tensor | None] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """DTP: ``(f_i(h_{i-1} + eps), its switches)``, what ``g_i`` reconstructs from.
+
+        A conv feedback layer unpools with the switches of the corrupted sample's own pass.
+        ``switches`` and ``inverse_h`` (:meth:`switches`, :meth:`inverse_outputs` of ``h``) are
+        for DRL's override.
+        """
+        return self.layer_with_switches(i, corrupted)
+
     def reconstruction(
-        self, i: int, h: list[torch.Tensor], corrupted: torch.Tensor
+        self,
+        i: int,
+        h: list[torch.Tensor],
+        corrupted: torch.Tensor,
+        switches: list[torch.Tensor | None] | None = None,
+        inverse_h: list[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """DTP: ``g_i(f_i(h_{i-1} + eps))``, differentiable in ``g_i``'s parameters only.
 
-        A conv feedback layer unpools with the switches of the corrupted sample's own pass.
+        The autograd form of the inverse loss (:meth:`feedback_step` uses a closed form of its
+        gradient where it has one). ``switches``, ``inverse_h``: as for :meth:`feedback_input`.
         """
-        with torch.no_grad():
-            upper, switches = self.layer_with_switches(i, corrupted)
-        return self.inverse(i, upper, switches)
+        upper, upper_switches = self.feedback_input(i, h, corrupted, switches, inverse_h)
+        return self.inverse(i, upper, upper_switches)
 
     def feedback_loss_scale(self) -> float:
         """Factor on the summed inverse losses before their gradient (1 for DTP)."""
         return 1.0
 
+    @torch.no_grad()
+    def feedback_grads(
+        self,
+        i: int,
+        h: list[torch.Tensor],
+        corrupted: torch.Tensor,
+        switches: list[torch.Tensor | None],
+        inverse_h: list[torch.Tensor | None] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``(reconstruction error, (dV_i, dc_i))`` of ``g_i``'s loss, in closed form (MLP).
+
+        The gradient of ``feedback_loss_scale() * squared_distance(reconstruction, corrupted)``
+        with respect to ``g_i = act_g(V_i . + c_i)``, as :mod:`methods.tp_grads` computes it:
+        bit-identical to autograd's, without a graph. For DRL ``g_i`` appears twice, in
+        ``g_i(r_i)`` and in ``-g_i(h_i)`` (whose value is ``inverse_h[i]``).
+        """
+        upper, _ = self.feedback_input(i, h, corrupted, switches, inverse_h)
+        out = self.inverse(i, upper)
+        rec = h[i - 1] + out - inverse_h[i] if self.difference_reconstruction else out
+        d, grad = distance_grad(rec, corrupted, self.feedback_loss_scale())
+        act = self.inverse_activation
+        grads, inputs = [activation_backward(act, grad, out)], [upper]
+        if self.difference_reconstruction:
+            grads.append(activation_backward(act, -grad, inverse_h[i]))
+            inputs.append(h[i])
+        return d.pow(2).flatten(1).sum(dim=1).mean(), linear_grads(grads, inputs)
+
     def feedback_step(
-        self, x: torch.Tensor, h: list[torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        h: list[torch.Tensor] | None = None,
+        inverse_h: list[torch.Tensor | None] | None = None,
+        switches: list[torch.Tensor | None] | None = None,
     ) -> dict[int, float]:
         """One update of every inverse on batch ``x``; returns ``{i: reconstruction error}``.
 
         Draws one noise sample per inverse, ``g_2`` first. ``h``: :meth:`activations` of ``x``
         if already computed (the inverses' update does not change the forward weights, so one
-        forward pass serves both steps).
+        forward pass serves both steps); ``inverse_h``, ``switches``: :meth:`inverse_outputs`
+        and :meth:`switches` of ``h`` with the current inverses, if computed.
         """
         if self.feedback_optimizer is None:
             return {}
         h = self.activations(x) if h is None else h
-        losses = {}
+        switches = self.switches(h) if switches is None else switches
+        if self.difference_reconstruction and inverse_h is None:
+            inverse_h = self.inverse_outputs(h, switches)
+        closed_form = self.closed_form
+        losses, grads = {}, []
         for i in range(2, self.top + 1):
             corrupted = h[i - 1] + self.noise_std * torch.randn_like(h[i - 1])
-            losses[i] = squared_distance(self.reconstruction(i, h, corrupted), corrupted)
-        total = self.feedback_loss_scale() * sum(losses.values())
+            if closed_form:
+                losses[i], grads_i = self.feedback_grads(i, h, corrupted, switches, inverse_h)
+                grads.extend(grads_i)
+            else:
+                rec = self.reconstruction(i, h, corrupted, switches, inverse_h)
+                losses[i] = squared_distance(rec, corrupted)
         params = list(self.inverses.parameters())
-        for param, grad in zip(params, torch.autograd.grad(total, params)):
+        if not closed_form:
+            total = self.feedback_loss_scale() * sum(losses.values())
+            grads = torch.autograd.grad(total, params)
+        for param, grad in zip(params, grads, strict=True):
             param.grad = grad
         self.feedback_optimizer.step()
-        for i, value in losses.items():
-            self.means.add(f"inverse_loss_layer{i}", value.item())
-        return {i: value.item() for i, value in losses.items()}
+        errors = {i: value.item() for i, value in losses.items()}
+        for i, value in errors.items():
+            self.means.add(f"inverse_loss_layer{i}", value)
+        return errors
 
     def phase(self) -> str:
         """What the current :attr:`epoch` trains: ``feedback``, ``forward`` or ``both``."""
@@ -397,18 +527,21 @@ class DifferenceTargetPropagation(Method):
 
         With both, the targets come from the inverses before this batch's inverse update
         (Lee et al. 2015, Alg. 1). In a feedback-only phase every model ``.grad`` is ``None``:
-        the model is not updated.
+        the model is not updated. One forward pass, its switches and the inverses' outputs at
+        it serve both steps.
         """
         self.zero_grad()
         phase = self.phase()
         h = self.activations(x)
+        switches = self.switches(h)
         if phase == "feedback":
-            self.feedback_step(x, h)
+            self.feedback_step(x, h, switches=switches)
             with torch.no_grad():
                 return self.loss.metrics(h[-1], y)
-        metrics = self.forward_step(x, y, h)
+        inverse_h = self.inverse_outputs(h, switches)
+        metrics = self.forward_step(x, y, h, inverse_h, switches)
         if phase == "both":
-            self.feedback_step(x, h)
+            self.feedback_step(x, h, inverse_h, switches)
         return metrics
 
     def epoch_metrics(self) -> dict[str, float]:
@@ -464,29 +597,63 @@ class DifferenceReconstructionLoss(DifferenceTargetPropagation):
         DifferenceTargetPropagation.__init__, top_target_layer="output"
     )
 
-    def reconstruction(
-        self, i: int, h: list[torch.Tensor], corrupted: torch.Tensor
-    ) -> torch.Tensor:
-        """``h_{i-1} + g_i(r_i) - g_i(h_i)``, ``r_i`` the corrupted sample sent up and back down.
+    difference_reconstruction = True
+
+    @torch.no_grad()
+    def feedback_input(
+        self,
+        i: int,
+        h: list[torch.Tensor],
+        corrupted: torch.Tensor,
+        switches: list[torch.Tensor | None],
+        inverse_h: list[torch.Tensor | None] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(r_i, layer i's switches)``: the corrupted sample sent up to ``h_K`` and back down.
+
+        ``r_i = h_i + g_{i+1}(r_{i+1}) - g_{i+1}(h_{i+1})`` from ``r_K = f_K(...f_i(h_{i-1} +
+        eps))``, the inverses above ``i`` held fixed; the differences unpool with the switches of
+        ``h``'s pass, as the targets do.
 
         Args:
             i: the inverse ``g_i``, 2..K.
             h: ``[h_0, ..., h_{H+1}]`` as from :meth:`activations`.
             corrupted: ``h_{i-1} + eps``, ``(batch, n_{i-1})``.
+            switches: :meth:`switches` of ``h``.
+            inverse_h: :meth:`inverse_outputs` of ``h`` with the current inverses.
+        """
+        r = corrupted
+        for k in range(i, self.top + 1):
+            r = self.layer(k, r)
+        for k in range(self.top, i, -1):
+            r = h[k - 1] + self.inverse(k, r, switches[k]) - inverse_h[k]
+        return r, switches[i]
+
+    def reconstruction(
+        self,
+        i: int,
+        h: list[torch.Tensor],
+        corrupted: torch.Tensor,
+        switches: list[torch.Tensor | None] | None = None,
+        inverse_h: list[torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
+        """``h_{i-1} + g_i(r_i) - g_i(h_i)``, ``r_i`` from :meth:`feedback_input`.
+
+        The autograd form of the loss (:meth:`feedback_step` uses a closed form of its gradient
+        where it has one).
+
+        Args:
+            i: the inverse ``g_i``, 2..K.
+            h: ``[h_0, ..., h_{H+1}]`` as from :meth:`activations`.
+            corrupted: ``h_{i-1} + eps``, ``(batch, n_{i-1})``.
+            switches: :meth:`switches` of ``h``, if already computed.
+            inverse_h: :meth:`inverse_outputs` of ``h``, if already computed.
 
         Returns:
             ``(batch, n_{i-1})``, differentiable in ``g_i``'s parameters only.
         """
-        switches = self.switches(h)  # the difference path unpools as the targets do
-        with torch.no_grad():
-            upward = corrupted
-            for k in range(i, self.top + 1):
-                upward = self.layer(k, upward)
-            r = upward
-            for k in range(self.top, i, -1):
-                s = switches[k]
-                r = h[k - 1] + self.inverse(k, r, s) - self.inverse(k, h[k], s)
-        s = switches[i]
+        switches = self.switches(h) if switches is None else switches
+        inverse_h = self.inverse_outputs(h, switches) if inverse_h is None else inverse_h
+        r, s = self.feedback_input(i, h, corrupted, switches, inverse_h)
         return h[i - 1] + self.inverse(i, r, s) - self.inverse(i, h[i], s)
 
     def feedback_loss_scale(self) -> float:
