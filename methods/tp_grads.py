@@ -21,6 +21,7 @@ activations the method already holds instead of recomputing them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -67,17 +68,27 @@ def activation_backward(
     return backward(grad, output)
 
 
+@functools.lru_cache(maxsize=64)
+def _gradient_factor(scale: float, batch: int, dtype: torch.dtype) -> float:
+    """``2 * (scale / batch)`` as autograd rounds it: ``scale`` cast to ``dtype``, then divided.
+
+    Exactly representable in ``dtype``, so multiplying by this Python float equals multiplying
+    by autograd's tensor. The factor 2 (exact) folds ``pow``'s derivative in.
+    """
+    return 2.0 * (torch.tensor(scale, dtype=dtype) / batch).item()
+
+
 def distance_grad(
     output: torch.Tensor, target: torch.Tensor, scale: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(d, G)``: ``d = output - target`` and the gradient ``G`` of ``scale * mean_n ||d_n||^2``.
 
-    Shapes ``(batch, n)``. ``G = (2 d) * (scale / batch)``, the scale rounded as autograd rounds
-    it (``scale`` cast to the tensor's dtype, then divided by the batch size in that dtype).
+    Shapes ``(batch, n)``. ``G = d * (2 scale / batch)``, rounded as autograd's
+    ``(2 d) * (scale / batch)`` (the factor 2 is exact, so both are one rounding of the same
+    product; ``scale / batch`` computed in the tensor's dtype, as autograd does).
     """
-    factor = torch.ones((), dtype=output.dtype) * scale / len(output)
     d = output - target
-    return d, (d * 2.0) * factor
+    return d, d * _gradient_factor(scale, len(output), output.dtype)
 
 
 def linear_grads(
