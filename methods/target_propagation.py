@@ -58,6 +58,7 @@ import functools
 from typing import Annotated
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
@@ -219,14 +220,24 @@ class DifferenceTargetPropagation(Method):
         forward pass that gave the matching ``h_i``: :meth:`switches`) before its transposed
         convolution (:class:`~methods.tp_feedback.ConvFeedback`).
         """
-        return self.inverse_activation(self.inverses[i - 2](h, switches))
+        feedback = self.inverses[i - 2]
+        if isinstance(self.model, MLP):
+            # The same linear map without the module call, which costs as much as a 10-unit
+            # layer's product (the MLP's h is already (batch, n)).
+            return self.inverse_activation(F.linear(h, feedback.weight, feedback.bias))
+        return self.inverse_activation(feedback(h, switches))
 
     def layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """``f_i(h)``: ``act(W_i h + b_i)`` for hidden layer ``i`` in 1..H, linear for ``H + 1``.
 
         A conv block is ``pool(act(conv(h)))``.
         """
-        return self.model.layer_forward(i - 1, h)
+        model = self.model
+        if isinstance(model, MLP):  # MLP.layer_forward's map, without the module call
+            layer = model.layers[i - 1]
+            out = F.linear(h.flatten(1), layer.weight, layer.bias)
+            return model.activation(out) if i < len(model.layers) else out
+        return model.layer_forward(i - 1, h)
 
     def layer_with_switches(
         self, i: int, h: torch.Tensor
