@@ -69,7 +69,13 @@ from methods.networks import MLP
 from methods.networks.cnn import CNN, CNN_ACTIVATIONS, ConvBlock
 from methods.options import Bounds, OneOf, OptimizerConfig
 from methods.tp_feedback import ConvFeedback, LinearFeedback
-from methods.tp_grads import activation_backward, distance_grad, has_closed_form, linear_grads
+from methods.tp_grads import (
+    activation_backward,
+    distance_grad,
+    has_closed_form,
+    linear_grads,
+    linear_input_grad,
+)
 
 SCHEDULES = ("per_batch", "alternating")
 INVERSE_INITS = ("orthogonal", "default")
@@ -344,16 +350,25 @@ class DifferenceTargetPropagation(Method):
             ``(h_hat_K, head_grads)``: ``h_hat_K`` ``(batch, n_K)``, detached; ``head_grads`` the
             gradients of ``L`` for the output layer when it is outside the chain, else ``None``.
         """
-        if self.top > self.num_hidden:
+        step = self.top_step(len(h[-1]))
+        head = self.num_hidden + 1
+        if self.top > self.num_hidden or isinstance(self.model, MLP):
             output = h[-1].detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.loss(output, y), [output])
-            return (output - self.top_step(len(output)) * grad).detach(), None
+            if self.top > self.num_hidden:
+                return (output - step * grad).detach(), None
+            # The MLP's output layer is linear and h[-1] its output: its backward in closed
+            # form (bit-identical to autograd's), without a graph through the layer.
+            with torch.no_grad():
+                weight, _ = self.params_of(head)
+                return h[self.top] - step * linear_input_grad(grad, weight), linear_grads(
+                    [grad], [h[self.top]]
+                )
         h_top = h[self.top].detach().requires_grad_(True)
-        head = self.num_hidden + 1
         grad_h, grad_w, grad_b = torch.autograd.grad(
             self.loss(self.layer(head, h_top), y), [h_top, *self.params_of(head)]
         )
-        return (h_top - self.top_step(len(h_top)) * grad_h).detach(), (grad_w, grad_b)
+        return (h_top - step * grad_h).detach(), (grad_w, grad_b)
 
     def top_step(self, batch: int) -> float:
         """Factor on ``dL/dh_K`` (``L`` the batch mean) in the top target: ``eta_hat``.

@@ -110,3 +110,12 @@ def linear_grads(
         weight = dw if weight is None else weight + dw
         bias = db if bias is None else bias + db
     return weight, bias
+
+
+def linear_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``G A``: the gradient with respect to the input ``u`` of ``u -> A u + c``.
+
+    ``grad`` ``(batch, m)``, ``weight`` ``A`` ``(m, n)``; returns ``(batch, n)``, as autograd
+    computes it for a row-major input (``grad.mm(A)``).
+    """
+    return grad.mm(weight)
