@@ -350,25 +350,30 @@ class DifferenceTargetPropagation(Method):
             ``(h_hat_K, head_grads)``: ``h_hat_K`` ``(batch, n_K)``, detached; ``head_grads`` the
             gradients of ``L`` for the output layer when it is outside the chain, else ``None``.
         """
+        return self.top_target_and_loss(h, y)[:2]
+
+    def top_target_and_loss(
+        self, h: list[torch.Tensor], y: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
+        """:meth:`top_target`, and the batch's task loss ``L`` (0-d, detached) it differentiated."""
         step = self.top_step(len(h[-1]))
         head = self.num_hidden + 1
         if self.top > self.num_hidden or isinstance(self.model, MLP):
             output = h[-1].detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.loss(output, y), [output])
+            loss = self.loss(output, y)
+            (grad,) = torch.autograd.grad(loss, [output])
             if self.top > self.num_hidden:
-                return (output - step * grad).detach(), None
+                return (output - step * grad).detach(), None, loss.detach()
             # The MLP's output layer is linear and h[-1] its output: its backward in closed
             # form (bit-identical to autograd's), without a graph through the layer.
             with torch.no_grad():
                 weight, _ = self.params_of(head)
-                return h[self.top] - step * linear_input_grad(grad, weight), linear_grads(
-                    [grad], [h[self.top]]
-                )
+                top = h[self.top] - step * linear_input_grad(grad, weight)
+                return top, linear_grads([grad], [h[self.top]]), loss.detach()
         h_top = h[self.top].detach().requires_grad_(True)
-        grad_h, grad_w, grad_b = torch.autograd.grad(
-            self.loss(self.layer(head, h_top), y), [h_top, *self.params_of(head)]
-        )
-        return (h_top - step * grad_h).detach(), (grad_w, grad_b)
+        loss = self.loss(self.layer(head, h_top), y)
+        grad_h, grad_w, grad_b = torch.autograd.grad(loss, [h_top, *self.params_of(head)])
+        return (h_top - step * grad_h).detach(), (grad_w, grad_b), loss.detach()
 
     def top_step(self, batch: int) -> float:
         """Factor on ``dL/dh_K`` (``L`` the batch mean) in the top target: ``eta_hat``.
@@ -418,17 +423,20 @@ class DifferenceTargetPropagation(Method):
         the update).
         """
         h = self.activations(x) if h is None else h
-        top, head_grads = self.top_target(h, y)
+        top, head_grads, loss = self.top_target_and_loss(h, y)
         targets = self.propagate_targets(h, top, inverse_h, switches)
+        distances = []
         for i, update in enumerate(self.forward_update(h, targets), start=1):
             weight, bias = self.params_of(i)
             weight.grad, bias.grad = update
-            distance = (h[i] - targets[i]).flatten(1).norm(dim=1).mean().item()
+            distances.append((h[i] - targets[i]).flatten(1).norm(dim=1).mean())
+        # One read of every layer's distance instead of one per layer (the values are equal).
+        for i, distance in enumerate(torch.stack(distances).tolist(), start=1):
             self.means.add(f"target_distance_layer{i}", distance)
         if head_grads is not None:
             weight, bias = self.params_of(self.num_hidden + 1)
             weight.grad, bias.grad = head_grads
-        return self.loss.metrics(h[-1], y)
+        return self.loss.metrics(h[-1], y, loss)
 
     # DRL's reconstruction adds h_{i-1} - g_i(h_i) to g_i's output (a difference correction).
     difference_reconstruction = False
@@ -534,7 +542,7 @@ class DifferenceTargetPropagation(Method):
         for param, grad in zip(params, grads, strict=True):
             param.grad = grad
         self.feedback_optimizer.step()
-        errors = {i: value.item() for i, value in losses.items()}
+        errors = dict(zip(losses, torch.stack(list(losses.values())).tolist(), strict=True))
         for i, value in errors.items():
             self.means.add(f"inverse_loss_layer{i}", value)
         return errors
