@@ -334,7 +334,9 @@ class DifferenceTargetPropagation(Method):
         targets: list[torch.Tensor | None] = [None] * (self.top + 1)
         targets[-1] = top_target
         for i in range(self.top, 1, -1):
-            targets[i - 1] = h[i - 1] + self.inverse(i, targets[i], switches[i]) - inverse_h[i]
+            # In place on the fresh sum: the same values without one more (batch, n) tensor.
+            corrected = h[i - 1] + self.inverse(i, targets[i], switches[i])
+            targets[i - 1] = corrected.sub_(inverse_h[i])
         return targets
 
     def top_target(
@@ -496,7 +498,7 @@ class DifferenceTargetPropagation(Method):
         """
         upper, _ = self.feedback_input(i, h, corrupted, switches, inverse_h)
         out = self.inverse(i, upper)
-        rec = h[i - 1] + out - inverse_h[i] if self.difference_reconstruction else out
+        rec = (h[i - 1] + out).sub_(inverse_h[i]) if self.difference_reconstruction else out
         d, grad = distance_grad(rec, corrupted, self.feedback_loss_scale())
         act = self.inverse_activation
         grads, inputs = [activation_backward(act, grad, out)], [upper]
@@ -528,7 +530,7 @@ class DifferenceTargetPropagation(Method):
         closed_form = self.closed_form
         losses, grads = {}, []
         for i in range(2, self.top + 1):
-            corrupted = h[i - 1] + self.noise_std * torch.randn_like(h[i - 1])
+            corrupted = h[i - 1] + torch.randn_like(h[i - 1]).mul_(self.noise_std)
             if closed_form:
                 losses[i], grads_i = self.feedback_grads(i, h, corrupted, switches, inverse_h)
                 grads.extend(grads_i)
@@ -659,7 +661,7 @@ class DifferenceReconstructionLoss(DifferenceTargetPropagation):
         for k in range(i, self.top + 1):
             r = self.layer(k, r)
         for k in range(self.top, i, -1):
-            r = h[k - 1] + self.inverse(k, r, switches[k]) - inverse_h[k]
+            r = (h[k - 1] + self.inverse(k, r, switches[k])).sub_(inverse_h[k])
         return r, switches[i]
 
     def reconstruction(
