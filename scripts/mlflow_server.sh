@@ -23,9 +23,20 @@ TIMEOUT="${MLFLOW_SERVER_TIMEOUT_S:-120}"
 if [ "$HOST" = 0.0.0.0 ]; then URL="http://$(hostname -f):$PORT"; else URL="http://$HOST:$PORT"; fi
 
 running() { [ -f "$STATE/server.pid" ] && kill -0 "$(cat "$STATE/server.pid")" 2>/dev/null; }
+# Something (another MLflow server: CI's, a colleague's) already listens on the port. Its /health
+# would answer for ours, and jobs would silently write to it.
+port_taken() {
+    local probe="$HOST"; [ "$probe" = 0.0.0.0 ] && probe=127.0.0.1
+    (exec 3<>"/dev/tcp/$probe/$PORT") 2>/dev/null
+}
 
 start() {
     if running; then echo "mlflow_server.sh: already running ($URL)"; return; fi
+    if port_taken; then
+        echo "mlflow_server.sh: port $PORT on $HOST is already in use (another server?);" \
+            "choose a free one: MLFLOW_PORT=<port> (make server MLFLOW_PORT=<port>)" >&2
+        exit 1
+    fi
     local backend="${MLFLOW_BACKEND_STORE_URI:-$("$REPO/scripts/postgres.sh" url)}"
     mkdir -p "$STATE/artifacts"
     # Job execution (MLflow's background job workers, ~2 GB) is not used by this project.
@@ -48,6 +59,10 @@ start() {
         fi
         sleep 0.5
     done
+    if ! running; then  # /health answered, but not from ours (the port was taken meanwhile)
+        echo "mlflow_server.sh: the server exited; its log ($STATE/server.log) ends:" >&2
+        tail -n 20 "$STATE/server.log" >&2; rm -f "$STATE/server.pid"; exit 1
+    fi
     echo "mlflow_server.sh: running ($URL), backend ${backend%%@*}@..., artifacts in $STATE/artifacts"
 }
 
