@@ -158,6 +158,7 @@ def test_quick_run_writes_the_table(tmp_path, capsys):
     for field in ("date", "cpu", "cores", "torch", "threads", "clock"):
         assert f"- {field}: " in markdown
     assert markdown.count("\n| ") == len(rows) + 1  # the header row, then one row per job
+    assert "| epoch time / backprop's |" in (tmp_path / "summary.md").read_text()
 
 
 def test_unknown_group_is_one_line(capsys):
@@ -189,3 +190,34 @@ def test_methods_option_needs_a_method(capsys):
         bench.main(["--methods", " , "])
     assert stop.value.code == 2
     assert "--methods: give at least one method" in capsys.readouterr().err
+
+
+def test_summary_puts_each_median_in_its_method_and_network_cell():
+    def row(group, case, job, reference, median, measure="time"):
+        return bench.report.Row(group, case, job, reference, measure, median, 0, 0, 5, 1.0)
+
+    rows = [
+        row("harness", "mnist1d 40-256-10 b100 (4000 ex)", "harness (fit, backprop)", "bare", 1.01),
+        row("flops", "fashion_mnist wide", "training step", "matmul", 0.975, "flops"),
+        row("methods", "mnist1d 40-256-10 b100 (4000 ex)", "dtp", "backprop", 2.345),
+        row("methods", "fashion_mnist cnn b100 (1000 ex)", "dtp", "backprop", 2.75),
+        row("methods", "fashion_mnist cnn b100 (1000 ex)", "ldrl", "backprop", 9.9),
+        row(
+            "official", "dtp: fashion_mnist 784-256-10, tanh b128 (3840 ex)", "dtp", "backprop", 2.3
+        ),
+        row(
+            "official-code",
+            "dtp: fashion_mnist 784-256-10, tanh b128 (3840 ex), train only",
+            "dtp",
+            "official dtp",
+            0.6,
+        ),
+    ]
+    text = bench.report.summary_markdown(rows, {"date": "2026-11-30", "cores": "2"})
+    assert text.startswith("Measured date 2026-11-30, cores 2.")
+    assert "- harness / bare torch loop: 1.01 (mnist1d 40-256-10 b100)" in text
+    assert "- wide net's training step: 98% of the measured GEMM FLOP/s" in text
+    assert "| epoch time / backprop's | MLP, mnist1d | CNN, fashion_mnist |" in text
+    assert "| dtp | 2.35 | 2.75 |" in text
+    assert "| ldrl |  | 9.90 |" in text
+    assert "| dtp: fashion_mnist 784-256-10, tanh b128 | 2.30 | 0.60 |" in text

@@ -163,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> list[report.Row]:
     header = report.machine(args.threads, args.clock)
     report.write_csv(rows, args.out / "bench.csv")
     report.write_markdown(rows, header, args.out / "bench.md")
+    (args.out / "summary.md").write_text(report.summary_markdown(rows, header))
     print(f"wrote {args.out / 'bench.csv'} and {args.out / 'bench.md'}")
     return rows
 

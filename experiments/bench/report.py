@@ -115,3 +115,54 @@ def markdown(rows: Sequence[Row], header: Mapping[str, str]) -> str:
 def write_markdown(rows: Sequence[Row], header: Mapping[str, str], path: Path) -> None:
     """``path`` with :func:`markdown`'s text."""
     path.write_text(markdown(rows, header))
+
+
+def _column(case: str) -> str:
+    """A ``methods`` case's short column name: the network and the dataset."""
+    data = case.split(" ")[0]
+    if " cnn " in case:
+        return f"CNN, {data}"
+    if " rnn " in case:
+        return f"RNN, {data}"
+    return f"MLP, {data}"
+
+
+def summary_markdown(rows: Sequence[Row], header: Mapping[str, str]) -> str:
+    """The medians only, compact enough for the README (the full table is :func:`markdown`).
+
+    One line for the harness and the FLOP rate, a method x network table of the ``methods``
+    group (epoch time / the case's reference: backprop, or bptt for the RNN), the ``official``
+    shapes (ours / our backprop) and the ``official-code`` rows (ours / the official code).
+    Groups absent from ``rows`` are left out.
+    """
+    machine_line = ", ".join(f"{key} {value}" for key, value in header.items())
+    lines = [f"Measured {machine_line}. Medians of per-round ratios; full table: bench.md.", ""]
+    harness = [r for r in rows if r.group == "harness"]
+    if harness:
+        parts = [f"{r.median:.2f} ({r.case.split(' (')[0]})" for r in harness]
+        lines.append("- harness / bare torch loop: " + "; ".join(parts))
+    for r in (r for r in rows if r.group == "flops"):
+        lines.append(f"- wide net's training step: {r.median:.0%} of the measured GEMM FLOP/s")
+    methods = [r for r in rows if r.group == "methods"]
+    if methods:
+        columns = list(dict.fromkeys(_column(r.case) for r in methods))
+        cells: dict[str, dict[str, str]] = {}
+        for r in methods:
+            cells.setdefault(r.job, {})[_column(r.case)] = f"{r.median:.2f}"
+        lines += ["", "| epoch time / backprop's | " + " | ".join(columns) + " |"]
+        lines.append("|---|" + "---:|" * len(columns))
+        for job, row in cells.items():
+            lines.append(f"| {job} | " + " | ".join(row.get(c, "") for c in columns) + " |")
+    official = [r for r in rows if r.group in ("official", "official-code")]
+    if official:
+        lines += ["", "| official shapes | ours / our backprop | ours / the official code |"]
+        lines.append("|---|---:|---:|")
+        ours: dict[str, list[str]] = {}
+        for r in official:
+            key = f"{r.job.split(' ')[0]}: {r.case.split(':', 1)[1].split(' (')[0].strip()}"
+            key = key.replace(", train only", "")
+            slot = 0 if r.group == "official" else 1
+            ours.setdefault(key, ["", ""])[slot] = f"{r.median:.2f}"
+        for key, (vs_backprop, vs_official) in ours.items():
+            lines.append(f"| {key} | {vs_backprop} | {vs_official} |")
+    return "\n".join(lines) + "\n"
