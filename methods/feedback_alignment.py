@@ -53,6 +53,7 @@ from methods.base import Method, make_optimizer, register_method
 from methods.losses import Loss
 from methods.networks import CNN, MLP
 from methods.options import OneOf, OptimizerConfig
+from methods.tp_grads import activation_backward, has_closed_form
 
 FEEDBACK = ("random", "symmetric")
 
@@ -174,14 +175,24 @@ class FeedbackAlignment(Method):
         if isinstance(self.model, CNN):
             return self.conv_updates(x, y)
         layers = self.model.layers
+        activation = self.model.activation
+        closed_form = has_closed_form(activation)
         h = [x.flatten(1)]
         derivatives = []
         for k, layer in enumerate(layers, start=1):
-            a = layer(h[-1]).detach()
+            with torch.no_grad():  # the updates are built by hand: no graph to the weights
+                a = layer(h[-1])
             if k < len(layers):
-                a.requires_grad_(True)
-                out = self.model.activation(a)
-                (derivative,) = torch.autograd.grad(out.sum(), a)
+                if closed_form:
+                    # f'(a) by the kernel autograd runs for d(sum f(a))/da, read from f(a):
+                    # the same values without a graph and an engine call per layer.
+                    with torch.no_grad():
+                        out = activation(a)
+                    derivative = activation_backward(activation, torch.ones_like(out), out)
+                else:
+                    a.requires_grad_(True)
+                    out = activation(a)
+                    (derivative,) = torch.autograd.grad(out.sum(), a)
                 derivatives.append(derivative)
                 h.append(out.detach())
             else:
