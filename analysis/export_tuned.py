@@ -33,8 +33,7 @@ import pandas as pd
 import yaml
 
 from analysis.runs import load_runs
-from experiments.tracking import make_client
-from experiments.tuning import STUDY_TAG
+from experiments.tracking import STUDY_TAG, make_client
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Overrides of a trial that say nothing about the study's setting: where it was tracked, the
@@ -265,7 +264,7 @@ def shared_study_sweeps(tracking_uri: str, sweep_run: str) -> set[str]:
     """The parent runs of every worker of ``sweep_run``'s Optuna study.
 
     A study shared through ``hydra.sweeper.storage`` has one parent run per worker, each tagged
-    with the study's name (:data:`experiments.tuning.STUDY_TAG`); an in-memory study is its one
+    with the study's name (:data:`experiments.tracking.STUDY_TAG`); an in-memory study is its one
     sweep.
 
     Returns:

@@ -42,6 +42,9 @@ SWEEP_ID_TAG = "sweep_id"
 ROLE_TAG = "role"
 FAILURE_TAG = "failure_reason"
 PARENT_TAG = "mlflow.parentRunId"
+# Tag of a sweep's parent run: the name of the shared Optuna study its trials belong to (set
+# only with hydra.sweeper.storage; analysis.export_tuned then pools every worker's runs).
+STUDY_TAG = "optuna_study"
 # MLflow 3's experiment type: model training, not GenAI. MLflow 3.17's UI picks its view from a
 # toggle of its own instead (experiments.ui_links); the tag still types the experiment for
 # MLflow versions and tools that read it.

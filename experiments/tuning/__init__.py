@@ -6,7 +6,3 @@ several workers), :mod:`~experiments.tuning.sweeper` runs the trials through Hyd
 The Hydra plugin that users select (``hydra/sweeper=optuna``) is the thin
 ``hydra_plugins.backprop_bench_sweeper`` package: Hydra only loads plugins from that namespace.
 """
-
-# Tag of a sweep's parent MLflow run: the name of the shared Optuna study its trials belong to
-# (set only with hydra.sweeper.storage; analysis.export_tuned then pools every worker's runs).
-STUDY_TAG = "optuna_study"

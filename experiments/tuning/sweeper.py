@@ -26,8 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial, TrialState
 
 from experiments.errors import ConfigError, NoCompletedTrial
-from experiments.tracking import SWEEP_RUN_ENV, make_client
-from experiments.tuning import STUDY_TAG
+from experiments.tracking import STUDY_TAG, SWEEP_RUN_ENV, make_client
 from experiments.tuning.search_space import parse_search_space, trial_overrides
 from experiments.tuning.storage import open_study, safe_url, study_summary
 
