@@ -161,6 +161,9 @@ def summary_markdown(rows: Sequence[Row], header: Mapping[str, str]) -> str:
         for r in official:
             key = f"{r.job.split(' ')[0]}: {r.case.split(':', 1)[1].split(' (')[0].strip()}"
             key = key.replace(", train only", "")
+            precision = r.reference.split(" ")[2] if r.reference.count(" ") >= 2 else ""
+            if r.group == "official-code" and precision.startswith("float"):
+                key += f" (theirs in {precision})"  # DTP's code is timed in both precisions
             slot = 0 if r.group == "official" else 1
             ours.setdefault(key, ["", ""])[slot] = f"{r.median:.2f}"
         for key, (vs_backprop, vs_official) in ours.items():
