@@ -136,7 +136,11 @@ def summary_markdown(rows: Sequence[Row], header: Mapping[str, str]) -> str:
     Groups absent from ``rows`` are left out.
     """
     machine_line = ", ".join(f"{key} {value}" for key, value in header.items())
-    lines = [f"Measured {machine_line}. Medians of per-round ratios; full table: bench.md.", ""]
+    lines = [
+        f"Measured {machine_line}. Medians of per-round ratios; the full table is bench.md "
+        "in the same folder.",
+        "",
+    ]
     harness = [r for r in rows if r.group == "harness"]
     if harness:
         parts = [f"{r.median:.2f} ({r.case.split(' (')[0]})" for r in harness]
