@@ -174,15 +174,19 @@ def test_a_preempted_checkpointed_job_is_requeued_and_resumes_its_run(
     )
 
 
-def test_a_preempted_job_without_checkpoints_ends_killed_not_requeued(
-    tmp_path, server_uri, slurm_env
-):
+def scancel_a_training_job(tmp_path, server_uri, slurm_env, experiment, *scancel, timeout):
+    """Launch a 1-job sweep that would train for 1000 epochs, ``scancel *scancel <job>`` once
+    an epoch is logged, and wait for the sweep to end.
+
+    Returns ``(process, stderr, job_id, env)``: the launching process (ended), its stderr, the
+    SLURM job id and the environment that reaches the cluster.
+    """
     env = {**subprocess_env(server_uri), **slurm_env}
     process = sweep(
         tmp_path,
         server_uri,
         slurm_env,
-        "slurm_preempt_bare",
+        experiment,
         "train.epochs=1000",
         "seed=0",
         stdout=subprocess.DEVNULL,
@@ -190,13 +194,22 @@ def test_a_preempted_job_without_checkpoints_ends_killed_not_requeued(
         text=True,
     )
     try:
-        wait_for_a_logged_epoch(process, server_uri, "slurm_preempt_bare", timeout=300)
+        wait_for_a_logged_epoch(process, server_uri, experiment, timeout=300)
         job_id = slurm_job_id(env, tmp_path)
-        subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
-        _, stderr = process.communicate(timeout=300)
+        subprocess.run(["scancel", *scancel, job_id], env=env, check=True)
+        _, stderr = process.communicate(timeout=timeout)
     finally:
         if process.poll() is None:
             process.kill()
+    return process, stderr, job_id, env
+
+
+def test_a_preempted_job_without_checkpoints_ends_killed_not_requeued(
+    tmp_path, server_uri, slurm_env
+):
+    process, stderr, job_id, env = scancel_a_training_job(
+        tmp_path, server_uri, slurm_env, "slurm_preempt_bare", "--signal=USR2", timeout=300
+    )
     assert process.returncode != 0
     assert "not requeued" in stderr, stderr[-3000:]
     parents, [job] = by_role(finished_runs(server_uri, "slurm_preempt_bare"))
@@ -211,27 +224,10 @@ def test_a_preempted_job_without_checkpoints_ends_killed_not_requeued(
 
 
 def test_a_scancelled_job_ends_killed(tmp_path, server_uri, slurm_env):
-    env = {**subprocess_env(server_uri), **slurm_env}
-    process = sweep(
-        tmp_path,
-        server_uri,
-        slurm_env,
-        "slurm_cancel",
-        "train.epochs=1000",
-        "seed=0",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    # submitit learns of the cancellation through sacct, then the sweep stops.
+    process, stderr, job_id, env = scancel_a_training_job(
+        tmp_path, server_uri, slurm_env, "slurm_cancel", timeout=180
     )
-    try:
-        wait_for_a_logged_epoch(process, server_uri, "slurm_cancel", timeout=300)
-        job_id = slurm_job_id(env, tmp_path)
-        subprocess.run(["scancel", job_id], env=env, check=True)
-        # submitit learns of the cancellation through sacct, then the sweep stops.
-        _, stderr = process.communicate(timeout=180)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode != 0
     parents, [job] = by_role(finished_runs(server_uri, "slurm_cancel"))
     assert job.info.status == "KILLED", job.data.tags
