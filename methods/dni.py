@@ -3,15 +3,20 @@
 Jaderberg, Czarnecki, Osindero, Vinyals, Graves, Silver & Kavukcuoglu, "Decoupled neural
 interfaces using synthetic gradients", ICML 2017 (arXiv 1608.05343), Sec. 2 and 3.2.
 
-The MLP is cut after each hidden layer ``h_i`` (i = 1..H), so block ``i`` is layer ``i`` and the
-output block is the output layer. A synthetic-gradient module ``M_i`` predicts
-``dL/dh_i`` from ``h_i`` (cDNI: from ``h_i`` and the one-hot label, ``conditioned=true``).
+By default the MLP is cut after every hidden layer ``h_i`` (i = 1..H), so block ``i`` is layer
+``i`` and the output block is the output layer, as in the paper's feed-forward experiments, which
+decouple every layer. ``interfaces`` places the cuts after chosen hidden layers only: a block then
+spans the layers between two cuts, and ``interfaces=[H]`` is the single interface after the last
+hidden layer of koz4k/dni-pytorch's MNIST example. A synthetic-gradient module ``M_i`` at each
+cut predicts ``dL/dh_i`` from ``h_i`` (cDNI: from ``h_i`` and the one-hot label,
+``conditioned=true``).
 
-* Update-unlocked forward updates: block ``i``'s parameters get ``(dh_i/dtheta_i)^T M_i(h_i)`` at
-  once, computed on the detached ``h_{i-1}``; the output block gets the true gradient of ``L``.
-* ``M_i`` regresses (MSE) onto the gradient arriving from above, detached: the true
-  ``dL/dh_H`` for the last decoupled layer, the bootstrapped
-  ``(dh_{i+1}/dh_i)^T M_{i+1}(h_{i+1})`` below it (Sec. 2, Fig. 2). Training the modules never
+* Update-unlocked forward updates: the parameters of the block ending at cut ``i`` get
+  ``(dh_i/dtheta)^T M_i(h_i)`` at once, computed on the block's detached input; the output block
+  gets the true gradient of ``L``.
+* ``M_i`` regresses (MSE) onto the gradient arriving from above, detached: the true ``dL/dh_i``
+  for the last cut, the bootstrapped ``(dh_j/dh_i)^T M_j(h_j)`` from the next cut ``j`` below
+  it (Sec. 2, Fig. 2). Training the modules never
   touches the base network (their gradients are taken with respect to their own parameters only,
   after the base network's update has been written).
 * ``M_i`` is linear or a small MLP (``hidden_sizes``) with its output layer zero-initialised, so
@@ -159,13 +164,19 @@ class DecoupledNeuralInterfaces(Method):
         conv_hidden_channels: CNN only: hidden conv layers of each conv block's ``M_i``
             (:class:`ConvSyntheticGradientModule`); ``[]`` for a single conv.
         conv_kernel_size: CNN only: kernel side of those convs (odd).
+        interfaces: the hidden layers (1-based, ascending) cut by a synthetic-gradient module;
+            ``None`` (the default) cuts after every hidden layer, as the paper's feed-forward
+            experiments do. ``[H]`` (the last hidden layer only) is the setup of
+            koz4k/dni-pytorch's MNIST example, which the benchmark compares against.
 
     Raises:
-        MethodConfigError: for a model that is neither an MLP nor a CNN, or bad options.
+        MethodConfigError: for a model that is neither an MLP nor a CNN, or bad options
+            (``interfaces`` empty, repeated, unsorted or outside ``1..H``).
     """
 
-    # A tuple of the modules' own parameters (saved with the modules), not state of its own.
-    transient_attributes = frozenset({"synthetic_parameters"})
+    # The modules' own parameters (saved with the modules) and where the cuts are (from the
+    # config): not state of their own.
+    transient_attributes = frozenset({"synthetic_parameters", "interfaces", "module_of"})
 
     def __init__(
         self,
@@ -177,6 +188,7 @@ class DecoupledNeuralInterfaces(Method):
         hidden_sizes: Annotated[Sequence[int], Bounds(ge=1)] = (),
         conv_hidden_channels: Annotated[Sequence[int], Bounds(ge=1)] = (),
         conv_kernel_size: Annotated[int, Bounds(ge=1)] = 3,
+        interfaces: Annotated[Sequence[int] | None, Bounds(ge=1)] = None,
     ) -> None:
         super().__init__(model, loss)
         self.require_model((MLP, CNN), ("mlp", "cnn"))
@@ -189,6 +201,23 @@ class DecoupledNeuralInterfaces(Method):
             if isinstance(model, CNN)
             else [(width,) for width in model.hidden_sizes]
         )
+        hidden_count = len(shapes)
+        if interfaces is None:
+            interfaces = range(1, hidden_count + 1)
+        self.interfaces = tuple(interfaces)
+        if not self.interfaces or list(self.interfaces) != sorted(set(self.interfaces)):
+            raise MethodConfigError(
+                f"method.interfaces: must list hidden layers in ascending order, each once, "
+                f"got {list(self.interfaces)}"
+            )
+        if self.interfaces[-1] > hidden_count:
+            raise MethodConfigError(
+                f"method.interfaces: the network has hidden layers 1..{hidden_count}, "
+                f"got {list(self.interfaces)}"
+            )
+        # Which module serves hidden layer i (1-based): index into synthetic_modules.
+        self.module_of = {layer: k for k, layer in enumerate(self.interfaces)}
+        shapes = [shapes[layer - 1] for layer in self.interfaces]
         self.synthetic_modules = nn.ModuleList(
             ConvSyntheticGradientModule(shape[0], context, conv_hidden_channels, conv_kernel_size)
             if len(shape) == 3
@@ -211,13 +240,13 @@ class DecoupledNeuralInterfaces(Method):
         return y.to(like.dtype).reshape(len(y), -1)
 
     def synthetic_gradient(self, i: int, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``M_i(h_i[, y])`` for hidden layer ``i`` (1-based), shaped like ``h_i``.
+        """``M_i(h_i[, y])`` for hidden layer ``i`` (1-based, one of ``interfaces``).
 
-        The prediction the base network is updated with (tests replace it with an oracle). Called
-        with gradients enabled in :meth:`compute_update`, so that the same output also trains
-        ``M_i`` (:meth:`train_synthetic`).
+        Shaped like ``h_i``. The prediction the base network is updated with (tests replace it
+        with an oracle). Called with gradients enabled in :meth:`compute_update`, so that the
+        same output also trains ``M_i`` (:meth:`train_synthetic`).
         """
-        return self.synthetic_modules[i - 1](h, self.context(y, h))
+        return self.synthetic_modules[self.module_of[i]](h, self.context(y, h))
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The network's optimiser and the synthetic-gradient modules' optimiser."""
@@ -232,31 +261,29 @@ class DecoupledNeuralInterfaces(Method):
         """
         self.keep_probe(x, y)
         self.zero_grad()
-        hidden_count = len(self.model.layers) - 1
         h = x.flatten(1) if isinstance(self.model, MLP) else x
-        hidden: list[torch.Tensor] = []  # h_i, detached: the inputs of the modules
-        leaves: list[torch.Tensor] = []  # detached inputs of blocks 2..H+1, to get dL/d(input)
+        hidden: list[torch.Tensor] = []  # h_i at each cut, detached: the inputs of the modules
+        leaves: list[torch.Tensor] = []  # detached block inputs above each cut: dL/d(input)
         outputs: list[torch.Tensor] = []  # block outputs, with their block's graph
         grad_outputs: list[torch.Tensor | None] = []  # M_i(h_i), detached (the backward signal)
         predictions = []  # M_i(h_i) with its graph, reused to train M_i (one forward, not two)
-        for i in range(1, hidden_count + 1):
-            h_in = h.detach().requires_grad_(i > 1)
-            if i > 1:
-                leaves.append(h_in)
-            h = self.model.layer_forward(i - 1, h_in)
-            prediction = self.synthetic_gradient(i, h.detach(), y)
-            predictions.append(prediction)
-            outputs.append(h)
-            grad_outputs.append(prediction.detach())
-            hidden.append(h.detach())
-        h_top = h.detach().requires_grad_(True)
-        leaves.append(h_top)
-        output = self.model.layer_forward(hidden_count, h_top)
+        for index in range(len(self.model.layers)):
+            if index in self.module_of:  # the layer below (1-based `index`) is a cut
+                h = h.detach().requires_grad_(True)
+                leaves.append(h)
+            h = self.model.layer_forward(index, h)
+            if index + 1 in self.module_of:
+                prediction = self.synthetic_gradient(index + 1, h.detach(), y)
+                predictions.append(prediction)
+                outputs.append(h)
+                grad_outputs.append(prediction.detach())
+                hidden.append(h.detach())
+        output = h
         loss = self.loss(output, y)
-        # The output block gets the true gradient; below it, (dh_i/dtheta_i)^T M_i(h_i).
+        # The output block gets the true gradient; below each cut, (dh_i/dtheta)^T M_i(h_i).
         torch.autograd.backward([*outputs, loss], [*grad_outputs, None])
-        # Target of M_i: (dh_{i+1}/dh_i)^T M_{i+1}(h_{i+1}) from block i + 1, or for the last
-        # hidden layer the true dL/dh_H; each is the .grad of block i + 1's detached input.
+        # Target of M_i: (dh_j/dh_i)^T M_j(h_j) from the block above (up to the next cut j), or
+        # for the last cut the true dL/dh_i; each is the .grad of that block's detached input.
         targets = [leaf.grad for leaf in leaves]
         self.train_synthetic(hidden, targets, y, predictions)
         return self.loss.metrics(output.detach(), y, loss.detach())
@@ -271,7 +298,7 @@ class DecoupledNeuralInterfaces(Method):
         """One step of every ``M_i`` towards its (detached) target; returns the MSE losses.
 
         Args:
-            hidden: ``h_i`` ``(batch, width_i)`` for i = 1..H.
+            hidden: ``h_i`` ``(batch, width_i)`` for each ``i`` in ``interfaces``.
             targets: the regression target of each ``M_i``, same shapes.
             y: labels (cDNI's context).
             predictions: ``M_i(h_i)`` already computed with its graph at the current module
@@ -296,7 +323,7 @@ class DecoupledNeuralInterfaces(Method):
             param.grad = grad
         self.synthetic_optimizer.step()
         values = [value.item() for value in losses]
-        for i, value in enumerate(values, start=1):
+        for i, value in zip(self.interfaces, values):
             self.means.add(f"sg_loss_layer{i}", value)
         return values
 
@@ -306,14 +333,18 @@ class DecoupledNeuralInterfaces(Method):
         return list(torch.autograd.grad(self.loss(activations[-1], y), activations[:-1]))
 
     def epoch_metrics(self) -> dict[str, float]:
-        """``sg_loss_layer{i}`` epoch means and ``sg_cosine_layer{i}`` on the probe batch."""
+        """``sg_loss_layer{i}`` epoch means and ``sg_cosine_layer{i}`` on the probe batch.
+
+        One of each for every ``i`` in ``interfaces``.
+        """
         metrics = self.means.values()
         if self.probe is not None:
             x, y = self.probe
             activations = self.model.forward_layers(x)  # one forward serves both sides
-            true = torch.autograd.grad(self.loss(activations[-1], y), activations[:-1])
+            cut = [activations[i - 1] for i in self.interfaces]
+            true = torch.autograd.grad(self.loss(activations[-1], y), cut)
             with torch.no_grad():
-                for i, (h, g) in enumerate(zip(activations[:-1], true), start=1):
+                for i, h, g in zip(self.interfaces, cut, true):
                     prediction = self.synthetic_gradient(i, h.detach(), y)
                     metrics[f"sg_cosine_layer{i}"] = cosine(prediction, g)
         return metrics

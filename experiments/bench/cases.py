@@ -283,16 +283,18 @@ def official_code_cases(
     if present("dni"):
         dni = mlp((256, 256), 64)
         synthesiser = f"method.hidden_sizes=[{min(256, dni.hidden[0])}]"
+        # Their one BackwardInterface sits after the last hidden layer: so does our one module.
+        cut = f"method.interfaces=[{len(dni.hidden)}]"
         for method in ("dni", "cdni"):
             cases.append(
                 ours_against_theirs_case(
                     dni,
                     method,
-                    (synthesiser,),
+                    (synthesiser, cut),
                     lambda data, c=(method == "cdni"): official.dni_job(root, data, dni.batch, c),
                     label["dni"] + (" --context" if method == "cdni" else ""),
                     rounds(9),
-                    ", synthesiser 256",
+                    ", synthesiser 256 after layer 2",
                 )
             )
     return cases
@@ -343,7 +345,14 @@ def _cases(tiny: bool, rounds: Callable[[int], int]) -> Iterator[Case]:
             128,
             ("model.activation=tanh", "model.init=orthogonal"),
         ),
-        ("dni", ("backprop", "dni", "cdni"), (256, 256), 64, ("method.hidden_sizes=[256]",)),
+        (
+            "dni",
+            ("backprop", "dni", "cdni"),
+            (256, 256),
+            64,
+            # koz4k/dni-pytorch's synthesiser size, and its one interface after hidden layer 2
+            ("method.hidden_sizes=[256]", "method.interfaces=[2]"),
+        ),
     ]
     for what, methods, hidden, batch, extra in official:
         # 30 batches, as many as the other cases: a real epoch has hundreds, so a method's
@@ -363,14 +372,18 @@ def _official_case(
         built = {}
         for name in methods:
             # method.* overrides are for the compared method: backprop has no such options, and
-            # cdni keeps its default linear modules (the paper's for cDNI).
-            own = method_extra if name not in ("backprop", "cdni") else []
+            # cdni keeps its default linear modules (the paper's for cDNI), not their size.
+            own = [
+                e
+                for e in method_extra
+                if name != "backprop" and not (name == "cdni" and "hidden_sizes" in e)
+            ]
             cfg = jobs.compose_config(_overrides(shapes, name, "mlp", *model_extra, *own))
             method = jobs.build_from_config(cfg, data)
             job = f"{name} (linear)" if name == "cdni" else name
             built[job] = jobs.harness_epoch(method, data, shapes.batch, cfg.train.eval_batch_size)
         return Comparison(jobs=built, reference="backprop")
 
-    tag = ", synthesiser 256" if what == "dni" else ""
+    tag = ", synthesiser 256 after layer 2" if what == "dni" else ""
     tag += ", tanh" if what == "dtp" else ""
     return Case("official", f"{what}: {shapes.label(extra=tag)}", rounds, build, tuple(methods))

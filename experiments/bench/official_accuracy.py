@@ -77,14 +77,14 @@ PAIRS: dict[str, Pair] = {
         "dni",
         (256, 256),
         64,
-        ("method.hidden_sizes=[256]",),
+        ("method.hidden_sizes=[256]", "method.interfaces=[2]"),
         lambda root, data: official.dni_model(root, False, 64),
     ),
     "cdni": Pair(
         "cdni",
         (256, 256),
         64,
-        ("method.hidden_sizes=[256]",),
+        ("method.hidden_sizes=[256]", "method.interfaces=[2]"),
         lambda root, data: official.dni_model(root, True, 64),
     ),
 }
