@@ -98,8 +98,9 @@ class BPTT(Method):
         self.keep_probe(x, y)
         self.zero_grad()
         outputs = self.model(x)
-        self.loss(outputs, y).backward()
-        return {**self.loss.metrics(outputs.detach(), y), "grad_norm": self.clip()}
+        loss = self.loss(outputs, y)
+        loss.backward()
+        return {**self.loss.metrics(outputs.detach(), y, loss.detach()), "grad_norm": self.clip()}
 
     def epoch_metrics(self) -> dict[str, float]:
         """Diagnostics of the module docstring, every ``probe_every`` epochs (from epoch 1)."""

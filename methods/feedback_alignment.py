@@ -145,8 +145,8 @@ class FeedbackAlignment(Method):
 
     def conv_updates(
         self, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """:meth:`updates` for the CNN: local autograd within each layer, feedback between."""
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """:meth:`updates_and_loss` on the CNN: local autograd in each layer, feedback between."""
         layers = self.model.layers
         inputs, pres, leaves, outputs = [x], [], [], []
         for layer in layers:
@@ -158,7 +158,8 @@ class FeedbackAlignment(Method):
             outputs.append(out)
             inputs.append(out.detach())
         logits = outputs[-1]
-        (e,) = torch.autograd.grad(self.loss(logits, y), logits)
+        loss = self.loss(logits, y)
+        (e,) = torch.autograd.grad(loss, logits)
         error = e  # the error at the current layer's output
         grads_by_layer = []
         for k in range(len(layers), 0, -1):
@@ -168,10 +169,20 @@ class FeedbackAlignment(Method):
             if k > 1:
                 error = self.conv_output_error(k - 1, delta, inputs[k - 1], e)
         grads = [g for layer_grads in grads_by_layer for g in layer_grads]
-        return grads, logits.detach()
+        return grads, logits.detach(), loss.detach()
 
     def updates(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``[(dW_l, db_l)]`` for l = 1..L, flattened as ``[dW_1, db_1, ...]``, and the logits."""
+        """``[(dW_l, db_l)]`` for l = 1..L, flattened as ``[dW_1, db_1, ...]``, and the logits.
+
+        The logits are ``(batch, classes)``, detached.
+        """
+        grads, logits, _ = self.updates_and_loss(x, y)
+        return grads, logits
+
+    def updates_and_loss(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """:meth:`updates` and the batch's loss (a 0-dim tensor), which the step reports."""
         if isinstance(self.model, CNN):
             return self.conv_updates(x, y)
         layers = self.model.layers
@@ -197,21 +208,22 @@ class FeedbackAlignment(Method):
                 h.append(out.detach())
             else:
                 logits = a.requires_grad_(True)
-        (e,) = torch.autograd.grad(self.loss(logits, y), logits)
+        loss = self.loss(logits, y)
+        (e,) = torch.autograd.grad(loss, logits)
         deltas = [e]
         for k in range(len(layers) - 1, 0, -1):
             deltas.insert(0, self.backward_error(k, deltas[0], e) * derivatives[k - 1])
         grads = []
         for delta, h_in in zip(deltas, h):
             grads += [delta.T @ h_in, delta.sum(dim=0)]
-        return grads, logits.detach()
+        return grads, logits.detach(), loss.detach()
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Write the feedback-alignment update of every layer into ``.grad``."""
-        grads, logits = self.updates(x, y)
-        for param, grad in zip(self.model.parameters(), grads):
+        grads, logits, loss = self.updates_and_loss(x, y)
+        for param, grad in zip(self.model_parameters, grads):
             param.grad = grad
-        return self.loss.metrics(logits, y)
+        return self.loss.metrics(logits, y, loss)
 
     def artifacts(self) -> dict[str, Any]:
         """``{"feedback_weights.pt": [B_2, ...]}``: the fixed matrices, saved with the run."""
