@@ -485,8 +485,12 @@ class _Loader(list):
         self.dataset = range(sum(len(x) for x, _ in batches))
 
 
-def dni_model(root: Path, context: bool = False, batch_size: int = 64):
+def dni_model(root: Path, context: bool = False, batch_size: int = 64, batch_norm: bool = True):
     """Their ``examples/mnist-mlp/main.py`` with ``--dni`` (and ``--context`` for cDNI).
+
+    ``batch_norm=False`` replaces their three ``BatchNorm1d`` layers by identities and changes
+    nothing else (no biases, same optimiser): the network our shared MLP matches, so that the
+    accuracy comparison can separate batch norm from the learning rule.
 
     784-256-256-10 with batch norm and no biases, one ``BackwardInterface`` after the second
     hidden layer with a ``BasicSynthesizer`` of one 256-unit hidden layer, Adam lr 1e-3 over
@@ -520,6 +524,9 @@ def dni_model(root: Path, context: bool = False, batch_size: int = 64):
             namespace["train"](next(epochs))
 
     model = namespace["model"]
+    if not batch_norm:
+        for name in ("hidden1_bn", "hidden2_bn", "output_bn"):
+            setattr(model, name, nn.Identity())  # their optimiser then skips the unused BN
 
     def evaluate(batches) -> float:
         model.eval()

@@ -87,6 +87,21 @@ PAIRS: dict[str, Pair] = {
         ("method.hidden_sizes=[256]", "method.interfaces=[2]"),
         lambda root, data: official.dni_model(root, True, 64),
     ),
+    # Their network without its batch norm, which our shared MLP leaves out (methods/dni.py).
+    "dni_no_bn": Pair(
+        "dni",
+        (256, 256),
+        64,
+        ("method.hidden_sizes=[256]", "method.interfaces=[2]"),
+        lambda root, data: official.dni_model(root, False, 64, batch_norm=False),
+    ),
+    "cdni_no_bn": Pair(
+        "cdni",
+        (256, 256),
+        64,
+        ("method.hidden_sizes=[256]", "method.interfaces=[2]"),
+        lambda root, data: official.dni_model(root, True, 64, batch_norm=False),
+    ),
 }
 
 
