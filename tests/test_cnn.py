@@ -19,7 +19,7 @@ from experiments.loop import fit
 from experiments.train import build_model, run
 from methods import MethodConfigError, build_method
 from methods.losses import CrossEntropy
-from methods.networks import build_cnn
+from methods.networks import CNN, build_cnn
 from methods.numpy_conv import conv_backward, conv_forward, pool_backward
 from tests.conftest import CONF_DIR
 from tests.test_data import write_tiny_cifar, write_tiny_idx
@@ -365,3 +365,19 @@ def test_cifar10_with_augmentation_end_to_end(make_config, tmp_path):
         "train.batch_size=10",
     )
     assert math.isfinite(run(cfg)["test_loss"])
+
+
+@pytest.mark.parametrize("padding", [0, 2])
+def test_transposed_with_is_autograds_input_gradient_bit_for_bit(padding):
+    """FA's error between layers: the transposed map without the forward product it used to
+    differentiate, giving exactly the values autograd gave."""
+    torch.manual_seed(5)
+    model = CNN((1, 11, 11), 10, [3, 4], kernel_size=3, padding=padding, hidden_sizes=[6])
+    x = torch.randn(5, 1, 11, 11)
+    for layer, h in zip(model.layers[1:], model.forward_layers(x)[:-1]):
+        weight = torch.randn_like(layer.affine.weight)
+        h = h.detach().requires_grad_(True)
+        out = layer.affine_with(h, weight)
+        delta = torch.randn_like(out)
+        (expected,) = torch.autograd.grad(out, h, delta)
+        assert torch.equal(layer.transposed_with(delta, weight, h.shape), expected)

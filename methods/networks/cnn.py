@@ -10,7 +10,8 @@ layer-local rules need every layer's input, pre-activation and output:
   output and max-pooling switches); ``.pre(h)`` the pre-activation alone and
   ``.after_affine(a)`` the rest of the layer (activation, pooling) from it;
 * ``model.layers[i].affine_with(h, weight)``: its convolution or linear map with another weight
-  (a feedback kernel ``B`` in place of ``W``: :mod:`methods.feedback_alignment`);
+  (a feedback kernel ``B`` in place of ``W``: :mod:`methods.feedback_alignment`), and
+  ``.transposed_with(delta, weight, shape)`` that map's transpose applied to an error;
 * ``model.forward_layers(x)``: every layer's output, as the MLP's.
 
 The presets (``conf/model/cnn.yaml``, ``conf/model/cnn_vgg.yaml``) are the LeNet-like net and the
@@ -111,6 +112,24 @@ class ConvBlock(nn.Module):
         """The convolution of ``h`` with another kernel ``weight`` (shaped like ``conv.weight``)."""
         return F.conv2d(h, weight, bias, self.conv.stride, self.conv.padding)
 
+    def transposed_with(
+        self, delta: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size
+    ) -> torch.Tensor:
+        """``d(affine_with(h, weight))/dh`` applied to ``delta``: the transposed convolution.
+
+        Args:
+            delta: ``(batch, C_out, H_out, W_out)``, an error at the pre-activation.
+            weight: a kernel shaped like ``conv.weight`` (e.g. a feedback kernel ``B``).
+            input_shape: the shape of ``h``, ``(batch, C_in, H, W)``.
+
+        Returns:
+            ``(batch, C_in, H, W)``. The same kernel (``convolution_backward``) autograd runs
+            for ``affine_with``, without its forward convolution: bit-identical, a third cheaper.
+        """
+        return torch.nn.grad.conv2d_input(
+            input_shape, weight, delta, self.conv.stride, self.conv.padding
+        )
+
     def pre(self, h: torch.Tensor) -> torch.Tensor:
         """The pre-activation ``a = conv(h)`` ``(batch, C_out, H, W)``."""
         return self.conv(h)
@@ -161,6 +180,22 @@ class LinearBlock(nn.Module):
     ) -> torch.Tensor:
         """``flatten(h) weight^T (+ bias)`` with another matrix shaped like ``linear.weight``."""
         return F.linear(h.flatten(1), weight, bias)
+
+    def transposed_with(
+        self, delta: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size
+    ) -> torch.Tensor:
+        """``d(affine_with(h, weight))/dh`` applied to ``delta``: ``delta weight``, reshaped.
+
+        Args:
+            delta: ``(batch, out_features)``, an error at the pre-activation.
+            weight: a matrix shaped like ``linear.weight`` ``(out_features, in_features)``.
+            input_shape: the shape of ``h`` (``(batch, in_features)`` or a conv block's output).
+
+        Returns:
+            ``delta @ weight`` shaped ``input_shape``, as autograd computes it for
+            ``affine_with`` (bit-identical, without the forward product).
+        """
+        return (delta @ weight).reshape(input_shape)
 
     def pre(self, h: torch.Tensor) -> torch.Tensor:
         """The pre-activation ``a = W flatten(h) + b`` ``(batch, out_features)``."""
