@@ -74,10 +74,10 @@ class CrossEntropy(Loss):
         output, target = self._flat(output, target)
         if loss is None:
             loss = F.cross_entropy(output, target)
-        scored = target != IGNORE_INDEX
-        # Counting with a mask, not indexing by it: boolean indexing copies (twice the time).
-        correct = (output.argmax(dim=1) == target).logical_and_(scored).sum().item()
-        n_scored = scored.sum().item()
+        # An argmax is a class index >= 0, never IGNORE_INDEX (< 0): an ignored target can never
+        # count as correct, so no mask is needed for the hits (a third of this method's time).
+        correct = (output.argmax(dim=1) == target).sum().item()
+        n_scored = target.numel() - (target == IGNORE_INDEX).sum().item()
         return {
             "loss": loss.item(),
             "accuracy": correct / n_scored if n_scored else math.nan,
