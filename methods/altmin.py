@@ -53,6 +53,11 @@ from methods.options import Bounds, OneOf, OptimizerConfig
 
 TOP_CODE_LOSSES = ("scaled_loss", "scaled_mismatch")
 
+# (f(c), layer(f(c))): a code step's forward products, ``(batch, n_l)`` and ``(batch, n_{l+1})``.
+Forward = tuple[torch.Tensor, torch.Tensor]
+# (c, forward products at c or None) -> d objective / dc.
+Gradient = Callable[[torch.Tensor, Forward | None], torch.Tensor]
+
 
 @register_method("altmin")
 class AlternatingMinimization(Method):
@@ -117,28 +122,42 @@ class AlternatingMinimization(Method):
 
     def forward_codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[c_1^0, ..., c_{L-1}^0]``: the hidden pre-activations, detached, ``(batch, n_l)``."""
-        codes, h = [], x.flatten(1)
-        with torch.no_grad():
-            for layer in self.model.layers[:-1]:
-                codes.append(layer(h))
-                h = self.model.activation(codes[-1])
-        return codes
+        return self._forward_pass(x)[0]
+
+    @torch.no_grad()
+    def _forward_pass(
+        self, x: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """``(codes, hidden, output)`` of the forward pass, detached.
+
+        ``codes`` as :meth:`forward_codes`, ``hidden = [f(c_1^0), ..., f(c_{L-1}^0)]`` and
+        ``output = W_L f(c_{L-1}^0) + b_L`` ``(batch, outputs)``, the output of ``model(x)``
+        (the same operations). The code steps' first forward products are these values.
+        """
+        codes, hidden, h = [], [], x.flatten(1)
+        for layer in self.model.layers[:-1]:
+            codes.append(layer(h))
+            h = self.model.activation(codes[-1])
+            hidden.append(h)
+        return codes, hidden, self.model.layers[-1](h)
 
     def _minimise(
-        self, code: torch.Tensor, gradient: Callable[[torch.Tensor], torch.Tensor]
+        self, code: torch.Tensor, gradient: Gradient, first: Forward | None = None
     ) -> torch.Tensor:
         """``code_steps`` steps of SGD (Nesterov when ``code_momentum > 0``) from ``code``.
 
-        ``gradient(c)`` is the objective's gradient at ``c``. The update is ``torch.optim.SGD``'s
-        (dampening 0, no weight decay), written out with the same tensor operations in the same
-        order, so the codes are bit-identical to SGD's: an optimiser object per code and batch
-        cost more than the steps themselves.
+        ``gradient(c, forward)`` is the objective's gradient at ``c``; ``first``, if given, is the
+        forward products ``(f(c), layer(f(c)))`` at the starting ``code``, passed to the first
+        step (the codes' forward pass computed them already). The update is
+        ``torch.optim.SGD``'s (dampening 0, no weight decay), written out with the same tensor
+        operations in the same order, so the codes are bit-identical to SGD's: an optimiser
+        object per code and batch cost more than the steps themselves.
         """
         code = code.clone()
         momentum, lr = self.code_momentum, self.code_lr
         buffer: torch.Tensor | None = None
-        for _ in range(self.code_steps):
-            grad = gradient(code)
+        for step in range(self.code_steps):
+            grad = gradient(code, first if step == 0 else None)
             if momentum:
                 if buffer is None:
                     buffer = grad.clone()
@@ -176,28 +195,40 @@ class AlternatingMinimization(Method):
         objective: Callable[[torch.Tensor], torch.Tensor],
         closed_form: Callable[..., torch.Tensor],
         *args: object,
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``c -> d objective / dc``, ``(batch, n_l) -> (batch, n_l)``.
+    ) -> Gradient:
+        """``(c, forward) -> d objective / dc``, ``(batch, n_l) -> (batch, n_l)``.
 
-        Written out (``closed_form(c, *args)``, :mod:`methods.altmin_gradients`: the same bits
-        as autograd's) for the shared activations and losses, by autograd otherwise.
+        Written out (``closed_form(c, *args, forward=forward)``,
+        :mod:`methods.altmin_gradients`: the same bits as autograd's) for the shared
+        activations and losses, by autograd otherwise (which ignores ``forward``).
         """
         if self._closed_form:
-            return lambda c: closed_form(c, *args)
+            return lambda c, forward: closed_form(c, *args, forward=forward)
 
-        def by_autograd(c: torch.Tensor) -> torch.Tensor:
+        def by_autograd(c: torch.Tensor, forward: Forward | None) -> torch.Tensor:
             c = c.detach().requires_grad_(True)
             with torch.enable_grad():
                 return torch.autograd.grad(objective(c), c)[0]
 
         return by_autograd
 
-    def update_codes(self, codes: list[torch.Tensor], y: torch.Tensor) -> list[torch.Tensor]:
+    def update_codes(
+        self,
+        codes: list[torch.Tensor],
+        y: torch.Tensor,
+        hidden: list[torch.Tensor] | None = None,
+        output: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
         """Step 2: the codes after ``code_steps`` steps each, top-down (weights fixed).
 
         Args:
             codes: ``[c_1^0, ..., c_{L-1}^0]`` as from :meth:`forward_codes`.
             y: the batch's targets.
+            hidden: ``[f(c_1^0), ..., f(c_{L-1}^0)]`` from the same forward pass
+                (:meth:`_forward_pass`), if computed. With ``output``, each code's first step
+                reuses them, with ``c_{l+1}^0`` as layer ``l+1``'s output at ``c_l^0``: one
+                GEMM through each hidden layer saved, the same bits.
+            output: the output layer's output ``(batch, outputs)`` from that forward pass.
 
         Returns:
             The updated codes, detached, same shapes.
@@ -205,6 +236,7 @@ class AlternatingMinimization(Method):
         layers, act = self.model.layers, self.model.activation
         updated = list(codes)
         top = len(codes) - 1
+        reuse = hidden is not None and output is not None
         with torch.no_grad():
             updated[top] = self._minimise(
                 codes[top],
@@ -219,6 +251,7 @@ class AlternatingMinimization(Method):
                     self.mu,
                     self.top_code_loss == "scaled_loss",
                 ),
+                (hidden[top], output) if reuse else None,
             )
             for i in range(top - 1, -1, -1):
                 updated[i] = self._minimise(
@@ -231,6 +264,7 @@ class AlternatingMinimization(Method):
                         layers[i + 1],
                         act,
                     ),
+                    (hidden[i], codes[i + 1]) if reuse else None,
                 )
         return updated
 
@@ -280,12 +314,9 @@ class AlternatingMinimization(Method):
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Update the codes, then write every layer's local-loss gradient into ``.grad``."""
-        codes = self.forward_codes(x)
-        with torch.no_grad():
-            # The output of model(x), from the codes' forward pass (the same operations).
-            output = self.model.layers[-1](self.model.activation(codes[-1]))
+        codes, hidden, output = self._forward_pass(x)
         metrics = self.loss.metrics(output, y)
-        updated = self.update_codes(codes, y)
+        updated = self.update_codes(codes, y, hidden, output)
         layer_grads = self.layer_updates(x, updated, y, first_output=codes[0])
         for layer, (grad_w, grad_b) in zip(self.model.layers, layer_grads):
             layer.weight.grad, layer.bias.grad = grad_w, grad_b

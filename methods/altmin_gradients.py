@@ -150,6 +150,7 @@ def top_code_gradient(
     loss: Loss,
     mu: float,
     scaled_loss: bool,
+    forward: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``d/dc`` of the top code's objective, ``(batch, units)`` like ``code``.
 
@@ -164,9 +165,11 @@ def top_code_gradient(
         loss: ``L`` (one of :mod:`methods.losses`; see :func:`supported`).
         mu: the mismatch weight.
         scaled_loss: ``(1/mu) L + mse`` if true, ``L + mu mse`` otherwise.
+        forward: ``(f(c), head(f(c)))`` if already computed for this ``c`` (the codes' forward
+            pass gives them for ``c = c0``); computed here otherwise.
     """
     one = torch.ones((), dtype=code.dtype, device=code.device)  # autograd.grad's seed
-    hidden, output = _forward(code, head, activation)
+    hidden, output = forward if forward is not None else _forward(code, head, activation)
     grad_loss, grad_mismatch = (one / mu, one) if scaled_loss else (one, one * mu)
     grad_output = _LOSSES[type(loss)](grad_loss, output, target)
     through = _through_layer(grad_output, head, activation, hidden)
@@ -179,14 +182,17 @@ def lower_code_gradient(
     above: torch.Tensor,
     layer: nn.Linear,
     activation: nn.Module,
+    forward: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``d/dc`` of ``mse(layer(f(c)), above) + mse(c, c0)``, ``(batch, units)`` like ``code``.
 
     ``above`` is the updated code of the next layer ``(batch, units above)``, held fixed.
+    ``forward`` is ``(f(c), layer(f(c)))`` if already computed for this ``c`` (for ``c = c0``
+    the codes' forward pass gave ``f(c0)`` and ``layer(f(c0)) = c0`` of the layer above).
     Call it under ``torch.no_grad()``.
     """
     one = torch.ones((), dtype=code.dtype, device=code.device)
-    hidden, output = _forward(code, layer, activation)
+    hidden, output = forward if forward is not None else _forward(code, layer, activation)
     grad_output = _mse_backward(one, output, above)
     through = _through_layer(grad_output, layer, activation, hidden)
     return through.add_(_mse_backward(one, code, code0))
