@@ -190,22 +190,14 @@ class AlternatingMinimization(Method):
         layer, act = self.model.layers[index + 1], self.model.activation
         return lambda c: F.mse_loss(layer(act(c)), above) + F.mse_loss(c, code0)
 
-    def _gradient(
-        self,
-        objective: Callable[[torch.Tensor], torch.Tensor],
-        closed_form: Callable[..., torch.Tensor],
-        *args: object,
-    ) -> Gradient:
-        """``(c, forward) -> d objective / dc``, ``(batch, n_l) -> (batch, n_l)``.
+    def _by_autograd(self, objective: Callable[[torch.Tensor], torch.Tensor]) -> Gradient:
+        """``(c, forward) -> d objective / dc`` by autograd, ``(batch, n_l) -> (batch, n_l)``.
 
-        Written out (``closed_form(c, *args, forward=forward)``,
-        :mod:`methods.altmin_gradients`: the same bits as autograd's) for the shared
-        activations and losses, by autograd otherwise (which ignores ``forward``).
+        The fallback for activations and losses that :mod:`methods.altmin_gradients` does not
+        write out (its gradients are the same bits as these); ``forward`` is ignored.
         """
-        if self._closed_form:
-            return lambda c, forward: closed_form(c, *args, forward=forward)
 
-        def by_autograd(c: torch.Tensor, forward: Forward | None) -> torch.Tensor:
+        def by_autograd(c: torch.Tensor, forward: Forward | None = None) -> torch.Tensor:
             c = c.detach().requires_grad_(True)
             with torch.enable_grad():
                 return torch.autograd.grad(objective(c), c)[0]
@@ -238,33 +230,28 @@ class AlternatingMinimization(Method):
         top = len(codes) - 1
         reuse = hidden is not None and output is not None
         with torch.no_grad():
+            gradient: Gradient
+            if self._closed_form:
+                scaled_loss = self.top_code_loss == "scaled_loss"
+                gradient = gradients.TopCodeGradient(
+                    codes[top], y, layers[-1], act, self.loss, self.mu, scaled_loss
+                )
+            else:
+                gradient = self._by_autograd(self.top_code_objective(codes[top], y))
             updated[top] = self._minimise(
-                codes[top],
-                self._gradient(
-                    self.top_code_objective(codes[top], y),
-                    gradients.top_code_gradient,
-                    codes[top],
-                    y,
-                    layers[-1],
-                    act,
-                    self.loss,
-                    self.mu,
-                    self.top_code_loss == "scaled_loss",
-                ),
-                (hidden[top], output) if reuse else None,
+                codes[top], gradient, (hidden[top], output) if reuse else None
             )
             for i in range(top - 1, -1, -1):
+                if self._closed_form:
+                    gradient = gradients.LowerCodeGradient(
+                        codes[i], updated[i + 1], layers[i + 1], act
+                    )
+                else:
+                    gradient = self._by_autograd(
+                        self.lower_code_objective(i, codes[i], updated[i + 1])
+                    )
                 updated[i] = self._minimise(
-                    codes[i],
-                    self._gradient(
-                        self.lower_code_objective(i, codes[i], updated[i + 1]),
-                        gradients.lower_code_gradient,
-                        codes[i],
-                        updated[i + 1],
-                        layers[i + 1],
-                        act,
-                    ),
-                    (hidden[i], codes[i + 1]) if reuse else None,
+                    codes[i], gradient, (hidden[i], codes[i + 1]) if reuse else None
                 )
         return updated
 

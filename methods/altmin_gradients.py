@@ -35,13 +35,17 @@ from methods.losses import IGNORE_INDEX, CrossEntropy, Loss, MeanSquaredError
 
 _MEAN = 1  # ATen's reduction enum value for "mean"
 _aten = torch.ops.aten
+# The overloads themselves: calling an overload packet (``_aten.mm``) first resolves it.
+_mse_backward_out = _aten.mse_loss_backward.grad_input
+_nll_forward = _aten.nll_loss_forward.default
+_nll_backward = _aten.nll_loss_backward.default
 
 # Activation module type -> its autograd backward, from (grad, output).
 _ACTIVATION_BACKWARD: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 _ACTIVATION_BACKWARD = {
-    nn.ReLU: lambda grad, out: _aten.threshold_backward(grad, out, 0),
-    nn.Tanh: _aten.tanh_backward,
-    nn.Sigmoid: _aten.sigmoid_backward,
+    nn.ReLU: lambda grad, out: _aten.threshold_backward.default(grad, out, 0),
+    nn.Tanh: _aten.tanh_backward.default,
+    nn.Sigmoid: _aten.sigmoid_backward.default,
     nn.Identity: lambda grad, out: grad,
 }
 
@@ -62,18 +66,30 @@ def supported(activation: nn.Module, loss: Loss) -> bool:
 
 
 def _mse_backward(grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return _aten.mse_loss_backward(grad, output, target, _MEAN)
+    # ATen's functional mse_loss_backward zero-fills its result before the kernel overwrites
+    # every element; the out= form into an empty tensor is the same kernel without the fill.
+    result = torch.empty_like(output, memory_format=torch.contiguous_format)
+    return _mse_backward_out(grad, output, target, _MEAN, grad_input=result)
 
 
 def _cross_entropy_backward(
-    grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor
+    grad: torch.Tensor,
+    output: torch.Tensor,
+    target: torch.Tensor,
+    total_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     # F.cross_entropy is log_softmax then nll_loss (ATen's cross_entropy_loss); the backward
-    # needs nll_loss's total weight, which only its forward returns.
+    # needs nll_loss's total weight, which only its forward returns (it depends on the target
+    # only, so callers with a fixed target pass it back in; see _TotalWeight).
     log_probs = torch._log_softmax(output, 1, False)
-    _, total_weight = _aten.nll_loss_forward(log_probs, target, None, _MEAN, IGNORE_INDEX)
-    grad = _aten.nll_loss_backward(grad, log_probs, target, None, _MEAN, IGNORE_INDEX, total_weight)
-    return _aten._log_softmax_backward_data(grad, log_probs, 1, output.dtype)
+    if total_weight is None:
+        total_weight = _nll_total_weight(log_probs, target)
+    grad = _nll_backward(grad, log_probs, target, None, _MEAN, IGNORE_INDEX, total_weight)
+    return torch._log_softmax_backward_data(grad, log_probs, 1, output.dtype)
+
+
+def _nll_total_weight(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return _nll_forward(log_probs, target, None, _MEAN, IGNORE_INDEX)[1]
 
 
 # Loss type -> d loss / d output, from (grad of the loss, output (batch, outputs), target).
@@ -125,74 +141,113 @@ def _linear_input_backward(
     return grad.mm(weight)
 
 
-def _through_layer(
-    grad_out: torch.Tensor, layer: nn.Linear, activation: nn.Module, hidden: torch.Tensor
-) -> torch.Tensor:
-    """``d/dc`` through ``layer(activation(c))`` given ``grad_out`` and ``hidden = f(c)``."""
-    grad_hidden = _linear_input_backward(grad_out, layer.weight, hidden)
-    return _ACTIVATION_BACKWARD[type(activation)](grad_hidden, hidden)
+class _CodeGradient:
+    """What the two code objectives share: the layer above ``c`` and ``f``, fixed per batch.
+
+    Built once per code and batch, so that each of the ``code_steps`` calls runs the tensor
+    operations only (the lookups and constants are done here).
+    """
+
+    def __init__(self, code0: torch.Tensor, layer: nn.Linear, activation: nn.Module) -> None:
+        self.code0 = code0
+        self.weight, self.bias = layer.weight, layer.bias
+        self.activation = _ACTIVATION_FORWARD[type(activation)]
+        self.activation_backward = _ACTIVATION_BACKWARD[type(activation)]
+        self.one = torch.ones((), dtype=code0.dtype, device=code0.device)  # autograd.grad's seed
+
+    def forward(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f(c), layer(f(c)))``, the same operations as the modules' calls."""
+        hidden = self.activation(code)
+        return hidden, F.linear(hidden, self.weight, self.bias)
+
+    def through_layer(self, grad_output: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``d/dc`` through ``layer(f(c))`` from ``d/d layer(f(c))`` and ``hidden = f(c)``."""
+        grad_hidden = _linear_input_backward(grad_output, self.weight, hidden)
+        return self.activation_backward(grad_hidden, hidden)
 
 
-def _forward(
-    code: torch.Tensor, layer: nn.Linear, activation: nn.Module
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(f(c), layer(f(c)))``, the same operations as the modules' calls."""
-    hidden = _ACTIVATION_FORWARD[type(activation)](code)
-    return hidden, F.linear(hidden, layer.weight, layer.bias)
+class TopCodeGradient(_CodeGradient):
+    """``c -> d/dc`` of the top code's objective, ``(batch, units)`` like ``c``.
 
-
-def top_code_gradient(
-    code: torch.Tensor,
-    code0: torch.Tensor,
-    target: torch.Tensor,
-    head: nn.Linear,
-    activation: nn.Module,
-    loss: Loss,
-    mu: float,
-    scaled_loss: bool,
-    forward: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """``d/dc`` of the top code's objective, ``(batch, units)`` like ``code``.
-
-    Call it under ``torch.no_grad()`` (the weights require gradients).
+    ``(1/mu) L(W f(c) + b, y) + mse(c, c0)`` (``scaled_loss``) or
+    ``L(W f(c) + b, y) + mu * mse(c, c0)``. Call it under ``torch.no_grad()`` (the weights
+    require gradients).
 
     Args:
-        code: ``c`` ``(batch, units)``.
-        code0: ``c0``, the forward value of the code (same shape).
+        code0: ``c0`` ``(batch, units)``, the forward value of the code.
         target: the batch's targets.
         head: the output layer ``W, b`` (held fixed).
         activation: ``f``.
         loss: ``L`` (one of :mod:`methods.losses`; see :func:`supported`).
         mu: the mismatch weight.
         scaled_loss: ``(1/mu) L + mse`` if true, ``L + mu mse`` otherwise.
-        forward: ``(f(c), head(f(c)))`` if already computed for this ``c`` (the codes' forward
-            pass gives them for ``c = c0``); computed here otherwise.
     """
-    one = torch.ones((), dtype=code.dtype, device=code.device)  # autograd.grad's seed
-    hidden, output = forward if forward is not None else _forward(code, head, activation)
-    grad_loss, grad_mismatch = (one / mu, one) if scaled_loss else (one, one * mu)
-    grad_output = _LOSSES[type(loss)](grad_loss, output, target)
-    through = _through_layer(grad_output, head, activation, hidden)
-    return through.add_(_mse_backward(grad_mismatch, code, code0))
+
+    def __init__(
+        self,
+        code0: torch.Tensor,
+        target: torch.Tensor,
+        head: nn.Linear,
+        activation: nn.Module,
+        loss: Loss,
+        mu: float,
+        scaled_loss: bool,
+    ) -> None:
+        super().__init__(code0, head, activation)
+        self.target = target
+        one = self.one
+        self.grad_loss, self.grad_mismatch = (one / mu, one) if scaled_loss else (one, one * mu)
+        self.cross_entropy = type(loss) is CrossEntropy
+        self.loss_backward = _LOSSES[type(loss)]
+        self.total_weight: torch.Tensor | None = None  # nll_loss's, from the first call
+
+    def __call__(
+        self, code: torch.Tensor, forward: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The gradient at ``code`` ``(batch, units)``.
+
+        ``forward`` is ``(f(c), head(f(c)))`` if already computed for this ``c`` (the codes'
+        forward pass gives them for ``c = c0``); computed here otherwise.
+        """
+        hidden, output = forward if forward is not None else self.forward(code)
+        if self.cross_entropy:
+            if self.total_weight is None:
+                self.total_weight = _nll_total_weight(
+                    torch._log_softmax(output, 1, False), self.target
+                )
+            grad_output = _cross_entropy_backward(
+                self.grad_loss, output, self.target, self.total_weight
+            )
+        else:
+            grad_output = self.loss_backward(self.grad_loss, output, self.target)
+        through = self.through_layer(grad_output, hidden)
+        return through.add_(_mse_backward(self.grad_mismatch, code, self.code0))
 
 
-def lower_code_gradient(
-    code: torch.Tensor,
-    code0: torch.Tensor,
-    above: torch.Tensor,
-    layer: nn.Linear,
-    activation: nn.Module,
-    forward: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """``d/dc`` of ``mse(layer(f(c)), above) + mse(c, c0)``, ``(batch, units)`` like ``code``.
+class LowerCodeGradient(_CodeGradient):
+    """``c -> d/dc`` of ``mse(layer(f(c)), above) + mse(c, c0)``, ``(batch, units)`` like ``c``.
 
-    ``above`` is the updated code of the next layer ``(batch, units above)``, held fixed.
-    ``forward`` is ``(f(c), layer(f(c)))`` if already computed for this ``c`` (for ``c = c0``
-    the codes' forward pass gave ``f(c0)`` and ``layer(f(c0)) = c0`` of the layer above).
-    Call it under ``torch.no_grad()``.
+    ``code0`` is ``c0`` ``(batch, units)``; ``above`` is the updated code of the next layer
+    ``(batch, units above)`` and ``layer`` the layer between them, both held fixed. Call it
+    under ``torch.no_grad()``.
     """
-    one = torch.ones((), dtype=code.dtype, device=code.device)
-    hidden, output = forward if forward is not None else _forward(code, layer, activation)
-    grad_output = _mse_backward(one, output, above)
-    through = _through_layer(grad_output, layer, activation, hidden)
-    return through.add_(_mse_backward(one, code, code0))
+
+    def __init__(
+        self, code0: torch.Tensor, above: torch.Tensor, layer: nn.Linear, activation: nn.Module
+    ) -> None:
+        super().__init__(code0, layer, activation)
+        self.above = above
+
+    def __call__(
+        self, code: torch.Tensor, forward: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The gradient at ``code`` ``(batch, units)``.
+
+        ``forward`` is ``(f(c), layer(f(c)))`` if already computed for this ``c`` (for
+        ``c = c0`` the codes' forward pass gave ``f(c0)``, and ``layer(f(c0))`` is ``c0`` of
+        the layer above); computed here otherwise.
+        """
+        hidden, output = forward if forward is not None else self.forward(code)
+        grad_output = _mse_backward(self.one, output, self.above)
+        through = self.through_layer(grad_output, hidden)
+        return through.add_(_mse_backward(self.one, code, self.code0))
