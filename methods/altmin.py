@@ -155,6 +155,9 @@ class AlternatingMinimization(Method):
         """
         code = code.clone()
         momentum, lr = self.code_momentum, self.code_lr
+        # As a tensor of the code's dtype: a Python number is converted on every mul_ (the
+        # same float(momentum) either way, so the same products).
+        momentum_t = torch.tensor(momentum, dtype=code.dtype, device=code.device)
         buffer: torch.Tensor | None = None
         for step in range(self.code_steps):
             grad = gradient(code, first if step == 0 else None)
@@ -162,7 +165,7 @@ class AlternatingMinimization(Method):
                 if buffer is None:
                     buffer = grad.clone()
                 else:
-                    buffer.mul_(momentum).add_(grad)
+                    buffer.mul_(momentum_t).add_(grad)
                 grad = grad.add_(buffer, alpha=momentum)  # a fresh tensor: in place
             code.add_(grad, alpha=-lr)
         return code
