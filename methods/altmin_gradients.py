@@ -73,23 +73,25 @@ def _mse_backward(grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor
 
 
 def _cross_entropy_backward(
-    grad: torch.Tensor,
-    output: torch.Tensor,
-    target: torch.Tensor,
-    total_weight: torch.Tensor | None = None,
+    grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
     # F.cross_entropy is log_softmax then nll_loss (ATen's cross_entropy_loss); the backward
-    # needs nll_loss's total weight, which only its forward returns (it depends on the target
-    # only, so callers with a fixed target pass it back in; see _TotalWeight).
+    # needs nll_loss's total weight, which only its forward returns.
     log_probs = torch._log_softmax(output, 1, False)
-    if total_weight is None:
-        total_weight = _nll_total_weight(log_probs, target)
-    grad = _nll_backward(grad, log_probs, target, None, _MEAN, IGNORE_INDEX, total_weight)
-    return torch._log_softmax_backward_data(grad, log_probs, 1, output.dtype)
+    total_weight = _nll_total_weight(log_probs, target)
+    return _cross_entropy_from_log_probs(grad, log_probs, target, total_weight)
 
 
 def _nll_total_weight(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """nll_loss's total weight (the count of scored targets): a function of ``target`` only."""
     return _nll_forward(log_probs, target, None, _MEAN, IGNORE_INDEX)[1]
+
+
+def _cross_entropy_from_log_probs(
+    grad: torch.Tensor, log_probs: torch.Tensor, target: torch.Tensor, total_weight: torch.Tensor
+) -> torch.Tensor:
+    grad = _nll_backward(grad, log_probs, target, None, _MEAN, IGNORE_INDEX, total_weight)
+    return torch._log_softmax_backward_data(grad, log_probs, 1, log_probs.dtype)
 
 
 # Loss type -> d loss / d output, from (grad of the loss, output (batch, outputs), target).
@@ -211,12 +213,11 @@ class TopCodeGradient(_CodeGradient):
         """
         hidden, output = forward if forward is not None else self.forward(code)
         if self.cross_entropy:
+            log_probs = torch._log_softmax(output, 1, False)
             if self.total_weight is None:
-                self.total_weight = _nll_total_weight(
-                    torch._log_softmax(output, 1, False), self.target
-                )
-            grad_output = _cross_entropy_backward(
-                self.grad_loss, output, self.target, self.total_weight
+                self.total_weight = _nll_total_weight(log_probs, self.target)
+            grad_output = _cross_entropy_from_log_probs(
+                self.grad_loss, log_probs, self.target, self.total_weight
             )
         else:
             grad_output = self.loss_backward(self.grad_loss, output, self.target)

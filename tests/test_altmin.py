@@ -216,6 +216,10 @@ def test_written_out_gradients_are_autograds_bit_for_bit(activation, form, dtype
     updated = written.update_codes(codes, y)
     reference = by_autograd.update_codes(codes, y)
     assert all(torch.equal(a, b) for a, b in zip(updated, reference))
+    # The first steps reusing the forward pass's products (as compute_update does): same bits.
+    _, hidden, output = written._forward_pass(x)
+    reused = written.update_codes(codes, y, hidden, output)
+    assert all(torch.equal(a, b) for a, b in zip(reused, reference))
     assert not torch.equal(updated[0], codes[0])  # the codes moved
     for a, b in zip(
         written.layer_updates(x, updated, y, first_output=codes[0]),
