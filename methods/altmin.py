@@ -312,8 +312,12 @@ class AlternatingMinimization(Method):
             layer.weight.grad, layer.bias.grad = grad_w, grad_b
         with torch.no_grad():
             # One conversion for all layers' shifts (the same float32 values as .item()).
+            # vector_norm is what Tensor.norm(dim=1) calls, without torch.norm's Python wrapper.
             shifts = torch.stack(
-                [(new - old).norm(dim=1).mean() for old, new in zip(codes, updated)]
+                [
+                    torch.linalg.vector_norm(new - old, 2, 1).mean()
+                    for old, new in zip(codes, updated)
+                ]
             )
         for i, shift in enumerate(shifts.tolist(), start=1):
             self.means.add(f"code_shift_layer{i}", shift)
