@@ -153,7 +153,6 @@ class AlternatingMinimization(Method):
         operations in the same order, so the codes are bit-identical to SGD's: an optimiser
         object per code and batch cost more than the steps themselves.
         """
-        code = code.clone()
         momentum, lr = self.code_momentum, self.code_lr
         # As a tensor of the code's dtype: a Python number is converted on every mul_ (the
         # same float(momentum) either way, so the same products).
@@ -163,12 +162,19 @@ class AlternatingMinimization(Method):
             grad = gradient(code, first if step == 0 else None)
             if momentum:
                 if buffer is None:
-                    buffer = grad.clone()
+                    # SGD's buffer is a clone of the first gradient and the step adds it to
+                    # the gradient in place; the gradient itself is the buffer here and the
+                    # step a new tensor: the same sum g + momentum * g, one copy fewer.
+                    buffer = grad
+                    grad = torch.add(grad, buffer, alpha=momentum)
                 else:
                     buffer.mul_(momentum_t).add_(grad)
-                grad = grad.add_(buffer, alpha=momentum)  # a fresh tensor: in place
-            code.add_(grad, alpha=-lr)
-        return code
+                    grad = grad.add_(buffer, alpha=momentum)  # a fresh tensor: in place
+            if step == 0:  # a new tensor (the caller's code stays): SGD's clone and step in one
+                code = torch.add(code, grad, alpha=-lr)
+            else:
+                code.add_(grad, alpha=-lr)
+        return code if self.code_steps else code.clone()
 
     def top_code_objective(
         self, code0: torch.Tensor, y: torch.Tensor
