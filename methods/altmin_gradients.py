@@ -14,7 +14,10 @@ autograd's nodes call (``mse_loss_backward``, ``threshold_backward``/``tanh_back
 ``sigmoid_backward``, ``nll_loss_backward``, ``_log_softmax_backward_data`` and
 ``addmm``'s input gradient as in ``mm_mat1_backward``), so the results are the same bits as
 ``torch.autograd.grad`` of the objective (tested in ``tests/test_altmin.py``). The objective's
-value is never needed, so it is not computed.
+value is never needed, so it is not computed. :class:`TopCodeGradient` and
+:class:`LowerCodeGradient` are built once per code and batch, so that each step runs the tensor
+operations only; a step may also be handed the forward products it needs when they exist
+already (the first step, from the codes' forward pass).
 
 The weight updates (step 3) are written out the same way (:func:`linear_parameter_gradients`).
 
