@@ -106,6 +106,31 @@ def _prepare(
     return projection, inverse
 
 
+def _label_form(
+    onehot: torch.Tensor, scale: float | torch.Tensor, options: ObjectiveOptions
+) -> torch.Tensor:
+    """``P`` of :func:`_prepare` ``(m, m)`` of the Gaussian kernel of one-hot labels, closed form.
+
+    Two one-hot rows are at squared distance 0 or 2, so with ``a = exp(-2 scale)`` the kernel is
+    ``a 1 1^T + (1 - a) Y Y^T`` and ``H K H = (1 - a) Y_c Y_c^T`` with ``Y_c = H Y``
+    ``(m, classes)``: of rank at most ``classes``. Then (push-through identity)
+    ``S = H K H (H K H + c I)^-1 = Y_c G Y_c^T`` with the ``(classes, classes)``
+    ``G = (1 - a) ((1 - a) Y_c^T Y_c + c I)^-1``, instead of an ``(m, m)`` inverse; biased:
+    ``G = (1 - a) / (m - 1) I``. ``1 - a`` is computed as ``-expm1(-2 scale)``, more accurate
+    than from the kernel's entries near 1 (the autograd path's rounding).
+    """
+    m, classes = onehot.shape
+    spread = -torch.expm1(torch.as_tensor(-2.0 * scale, dtype=onehot.dtype, device=onehot.device))
+    centered = onehot - onehot.mean(dim=0, keepdim=True)
+    if options.estimator == "biased":
+        return (centered * (spread / max(m - 1, 1))) @ centered.T
+    gram = centered.T @ centered
+    gram.mul_(spread).diagonal().add_(options.epsilon * m)
+    factor, info = torch.linalg.cholesky_ex(gram)
+    inverse = torch.linalg.inv(gram) if bool(info.any()) else torch.cholesky_inverse(factor)
+    return (centered @ inverse.mul_(spread)) @ centered.T
+
+
 class _LayerObjectives(torch.autograd.Function):
     """``(objective, HSIC(Z_i, X), HSIC(Z_i, Y))`` of every layer, each ``(layers,)``.
 
@@ -114,25 +139,25 @@ class _LayerObjectives(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, options, scales, x, onehot, *zs):  # noqa: D102 (see the class)
-        inputs = (x, onehot, *zs)
+        inputs = (x, *zs)
         kernels = torch.stack(
-            [gaussian_kernel_(a, scale) for a, scale in zip(inputs, scales, strict=True)]
+            [gaussian_kernel_(a, scale) for a, scale in zip(inputs, (scales[0], *scales[2:]))]
         )
         prepared, inverse = _prepare(kernels, options)
-        targets = prepared[:2]  # X's and Y's
-        estimates = torch.mm(prepared[2:].flatten(1), targets.flatten(1).T)  # (layers, 2)
+        targets = torch.stack([prepared[0], _label_form(onehot, scales[1], options)])
+        estimates = torch.mm(prepared[1:].flatten(1), targets.flatten(1).T)  # (layers, 2)
         hx, hy = estimates.unbind(dim=1)
         objective = hx - options.beta * hy
         ctx.mark_non_differentiable(hx, hy)
         if any(ctx.needs_input_grad[4:]):
             target = targets[0] - options.beta * targets[1]
             ctx.options, ctx.scales = options, scales[2:]
-            layer_inverse = inverse[2:] if inverse is not None else None
+            layer_inverse = inverse[1:] if inverse is not None else None
             # Kept on ctx, not by save_for_backward (which autograd frees after one backward
             # pass): each layer's objective can then be differentiated on its own, one
             # autograd.grad call after the other, as with one graph per layer. None of these
             # is an output, so this makes no reference cycle.
-            ctx.saved = (target, kernels[2:], layer_inverse, [z.detach() for z in zs])
+            ctx.saved = (target, kernels[1:], layer_inverse, [z.detach() for z in zs])
         return objective, hx, hy
 
     @staticmethod
