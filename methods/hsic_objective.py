@@ -131,6 +131,49 @@ def _label_form(
     return (centered @ inverse.mul_(spread)) @ centered.T
 
 
+def _column(scales: Sequence[float | torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """``scales`` as a ``(len(scales), 1, 1)`` tensor of ``like``'s dtype and device."""
+    if all(isinstance(s, float | int) for s in scales):
+        return torch.tensor(scales, dtype=like.dtype, device=like.device).view(-1, 1, 1)
+    columns = [torch.as_tensor(s, dtype=like.dtype, device=like.device) for s in scales]
+    return torch.stack(columns).view(-1, 1, 1)
+
+
+def _layer_kernels(
+    zs: Sequence[torch.Tensor], scales: Sequence[float | torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layers' Gaussian kernels ``(layers, m, m)``, and the stacked ``zs`` or ``None``.
+
+    When all layers have the same width, ``zs`` are stacked to ``(layers, m, width)`` and one
+    batched product serves every layer, here and in the backward pass; otherwise (conv blocks)
+    each kernel is computed on its own and the second result is ``None``.
+    """
+    if len({z.shape for z in zs}) != 1:
+        return torch.stack([gaussian_kernel_(z, s) for z, s in zip(zs, scales, strict=True)]), None
+    stacked = torch.stack(zs)
+    sq = stacked.square().sum(dim=2)
+    distances = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), stacked, stacked.mT, alpha=-2.0)
+    kernels = distances.clamp_min_(0.0).mul_(_column(scales, stacked).neg_()).exp_()
+    return kernels, stacked
+
+
+def _distance_backward(grad_distance: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Gradient ``(..., m, width)`` of ``sum(G * D)`` with respect to ``z`` ``(..., m, width)``.
+
+    ``G = grad_distance`` ``(..., m, m)``; ``D`` are the squared distances of the rows of ``z``,
+    ``D = sq_i + sq_j - 2 z_i . z_j``: with ``G_s = G + G^T``,
+    ``dz = 2 (rowsum(G_s) z - G_s z)``.
+    """
+    symmetric = grad_distance + grad_distance.mT
+    weighted = symmetric.sum(dim=-1, keepdim=True) * z
+    product = (
+        torch.baddbmm(weighted, symmetric, z, alpha=-1.0)
+        if z.ndim == 3
+        else torch.addmm(weighted, symmetric, z, alpha=-1.0)
+    )
+    return product.mul_(2.0)
+
+
 class _LayerObjectives(torch.autograd.Function):
     """``(objective, HSIC(Z_i, X), HSIC(Z_i, Y))`` of every layer, each ``(layers,)``.
 
@@ -139,10 +182,8 @@ class _LayerObjectives(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, options, scales, x, onehot, *zs):  # noqa: D102 (see the class)
-        inputs = (x, *zs)
-        kernels = torch.stack(
-            [gaussian_kernel_(a, scale) for a, scale in zip(inputs, (scales[0], *scales[2:]))]
-        )
+        layer_kernels, stacked = _layer_kernels(zs, scales[2:])
+        kernels = torch.cat([gaussian_kernel_(x, scales[0]).unsqueeze(0), layer_kernels])
         prepared, inverse = _prepare(kernels, options)
         targets = torch.stack([prepared[0], _label_form(onehot, scales[1], options)])
         estimates = torch.mm(prepared[1:].flatten(1), targets.flatten(1).T)  # (layers, 2)
@@ -157,12 +198,13 @@ class _LayerObjectives(torch.autograd.Function):
             # pass): each layer's objective can then be differentiated on its own, one
             # autograd.grad call after the other, as with one graph per layer. None of these
             # is an output, so this makes no reference cycle.
-            ctx.saved = (target, kernels[1:], layer_inverse, [z.detach() for z in zs])
+            separate = None if stacked is not None else [z.detach() for z in zs]
+            ctx.saved = (target, layer_kernels, layer_inverse, stacked, separate)
         return objective, hx, hy
 
     @staticmethod
     def backward(ctx, grad_objective, _grad_hx, _grad_hy):  # noqa: D102 (see the class)
-        target, layer_kernels, inverse, zs = ctx.saved
+        target, layer_kernels, inverse, stacked, zs = ctx.saved
         options = ctx.options
         m = target.shape[0]
         weights = grad_objective.view(-1, 1, 1)
@@ -173,18 +215,16 @@ class _LayerObjectives(torch.autograd.Function):
             # d sum((I - c M^-1) * T) / d M = c M^-1 T M^-1 (M^-1 and T symmetric)
             grad_centered = torch.matmul(torch.matmul(inverse, target), inverse)
             grad_centered.mul_(weights * (options.epsilon * m))
-        grad_kernel = _center_general(grad_centered)
-        grads = []
-        for z, kernel, g, scale in zip(zs, layer_kernels, grad_kernel, ctx.scales, strict=True):
-            # K = exp(-scale D): dD = -scale K * dK; D = sq_i + sq_j - 2 z_i.z_j: with the
-            # symmetrised dD (dD + dD^T), dz = 2 (rowsum * z - (dD + dD^T) z).
-            grad_distance = g.mul_(kernel).mul_(-scale)
-            symmetric = grad_distance + grad_distance.T
-            grads.append(
-                torch.addmm(symmetric.sum(dim=1, keepdim=True) * z, symmetric, z, alpha=-1.0).mul_(
-                    2.0
-                )
-            )
+        # K = exp(-scale D): dD = -scale K * dK
+        grad_distance = _center_general(grad_centered).mul_(layer_kernels)
+        if stacked is not None:
+            grad_distance.mul_(_column(ctx.scales, stacked).neg_())
+            grads = _distance_backward(grad_distance, stacked).unbind()
+        else:
+            grads = [
+                _distance_backward(g.mul_(-scale), z)
+                for g, scale, z in zip(grad_distance, ctx.scales, zs, strict=True)
+            ]
         return (None, None, None, None, *grads)
 
 
