@@ -86,8 +86,9 @@ class HSICBottleneck(Method):
             loss or bad options.
     """
 
-    # Its objective's constants (a named tuple) are rebuilt from the config.
-    transient_attributes = frozenset({"objective_options"})
+    # Rebuilt from the config: the objective's constants (a named tuple) and the list of the
+    # hidden layers' parameters (listed once: walking the modules costs on every step).
+    transient_attributes = frozenset({"objective_options", "hidden_parameters"})
 
     def __init__(
         self,
@@ -119,6 +120,7 @@ class HSICBottleneck(Method):
         self.persistent_optimizers = not rebuild_optimizers_each_step
         self.optimizer_config = dict(optimizer)
         hidden = model.layers[:-1]
+        self.hidden_parameters = [p for layer in hidden for p in layer.parameters()]
         self.layer_optimizers = [
             make_optimizer(layer.parameters(), optimizer, "method.optimizer") for layer in hidden
         ]
@@ -199,7 +201,7 @@ class HSICBottleneck(Method):
             # One backward pass for all layers: each layer's objective depends on its own
             # parameters only (detached inputs), so the sum's gradient with respect to them is
             # that objective's, computed with the same operations.
-            params = [p for layer in self.model.layers[:-1] for p in layer.parameters()]
+            params = self.hidden_parameters
             for param, grad in zip(params, torch.autograd.grad(objective.sum(), params)):
                 param.grad = grad
         with torch.no_grad():

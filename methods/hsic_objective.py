@@ -28,6 +28,7 @@ gradient is zero anyway.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -120,7 +121,9 @@ def _label_form(
     than from the kernel's entries near 1 (the autograd path's rounding).
     """
     m, classes = onehot.shape
-    spread = -torch.expm1(torch.as_tensor(-2.0 * scale, dtype=onehot.dtype, device=onehot.device))
+    spread = -(
+        math.expm1(-2.0 * scale) if isinstance(scale, float | int) else torch.expm1(-2.0 * scale)
+    )
     centered = onehot - onehot.mean(dim=0, keepdim=True)
     if options.estimator == "biased":
         return (centered * (spread / max(m - 1, 1))) @ centered.T
@@ -131,9 +134,15 @@ def _label_form(
     return (centered @ inverse.mul_(spread)) @ centered.T
 
 
-def _column(scales: Sequence[float | torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """``scales`` as a ``(len(scales), 1, 1)`` tensor of ``like``'s dtype and device."""
+def _column(scales: Sequence[float | torch.Tensor], like: torch.Tensor) -> float | torch.Tensor:
+    """``scales`` as a ``(len(scales), 1, 1)`` tensor of ``like``'s dtype and device.
+
+    One number when all scales are the same number (one sigma for layers of one width, the
+    usual case): no tensor to build.
+    """
     if all(isinstance(s, float | int) for s in scales):
+        if len(set(scales)) == 1:
+            return float(scales[0])
         return torch.tensor(scales, dtype=like.dtype, device=like.device).view(-1, 1, 1)
     columns = [torch.as_tensor(s, dtype=like.dtype, device=like.device) for s in scales]
     return torch.stack(columns).view(-1, 1, 1)
@@ -153,7 +162,7 @@ def _layer_kernels(
     stacked = torch.stack(zs)
     sq = stacked.square().sum(dim=2)
     distances = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), stacked, stacked.mT, alpha=-2.0)
-    kernels = distances.clamp_min_(0.0).mul_(_column(scales, stacked).neg_()).exp_()
+    kernels = distances.clamp_min_(0.0).mul_(-_column(scales, stacked)).exp_()
     return kernels, stacked
 
 
@@ -218,7 +227,7 @@ class _LayerObjectives(torch.autograd.Function):
         # K = exp(-scale D): dD = -scale K * dK
         grad_distance = _center_general(grad_centered).mul_(layer_kernels)
         if stacked is not None:
-            grad_distance.mul_(_column(ctx.scales, stacked).neg_())
+            grad_distance.mul_(-_column(ctx.scales, stacked))
             grads = _distance_backward(grad_distance, stacked).unbind()
         else:
             grads = [
