@@ -164,17 +164,18 @@ class HSICBottleneck(Method):
         ``Z_i`` is computed from the detached ``Z_{i-1}``, so layer ``i``'s objective depends on
         layer ``i``'s parameters only; the two estimates are not differentiable.
         """
-        return list(zip(*(t.unbind() for t in self._objectives_and_top(x, y)[0]), strict=True))
+        objective, estimates = self._objectives_and_top(x, y)[0]
+        return [(o, e[0], e[1]) for o, e in zip(objective.unbind(), estimates, strict=True)]
 
     def _objectives_and_top(
         self, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The estimates of :meth:`objectives` and the last hidden layer ``Z_H``, detached.
 
-        The estimates are ``(objective, HSIC(Z, X), HSIC(Z, Y))``, each ``(hidden layers,)``;
-        ``Z_H`` is ``(batch, width)``, ``width`` the number of units of the last hidden layer
-        (flattened for a conv block). All layers' kernels and estimates are computed together
-        (:func:`methods.hsic_objective.layer_objectives`).
+        The estimates are ``(objective, HSIC)``: the objectives ``(hidden layers,)`` and
+        ``HSIC(Z_i, X), HSIC(Z_i, Y)`` ``(hidden layers, 2)``, all layers' computed together
+        (:func:`methods.hsic_objective.layer_objectives`). ``Z_H`` is ``(batch, width)``,
+        ``width`` the number of units of the last hidden layer (flattened for a conv block).
         """
         inputs = x.flatten(1)
         onehot = F.one_hot(y, self.model.output_size).to(inputs.dtype)
@@ -196,7 +197,7 @@ class HSICBottleneck(Method):
         formatting = self.formatting
         with torch.set_grad_enabled(not formatting):
             estimates, features = self._objectives_and_top(x, y)
-        objective, hsic_zx, hsic_zy = estimates
+        objective, hsic = estimates
         if not formatting:
             # One backward pass for all layers: each layer's objective depends on its own
             # parameters only (detached inputs), so the sum's gradient with respect to them is
@@ -213,8 +214,7 @@ class HSICBottleneck(Method):
             for param, grad in zip(params, torch.autograd.grad(self.loss(output, y), params)):
                 param.grad = grad
         # One conversion for all estimates (the same values as one .item() each).
-        values = torch.stack([hsic_zx, hsic_zy], dim=1).tolist()
-        for i, (zx, zy) in enumerate(values, start=1):
+        for i, (zx, zy) in enumerate(hsic.tolist(), start=1):
             self.means.add(f"hsic_zx_layer{i}", zx)
             self.means.add(f"hsic_zy_layer{i}", zy)
         return self.loss.metrics(output.detach(), y)

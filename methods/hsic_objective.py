@@ -169,24 +169,23 @@ def _layer_kernels(
 def _distance_backward(grad_distance: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Gradient ``(..., m, width)`` of ``sum(G * D)`` with respect to ``z`` ``(..., m, width)``.
 
-    ``G = grad_distance`` ``(..., m, m)``; ``D`` are the squared distances of the rows of ``z``,
-    ``D = sq_i + sq_j - 2 z_i . z_j``: with ``G_s = G + G^T``,
-    ``dz = 2 (rowsum(G_s) z - G_s z)``.
+    ``G = grad_distance`` ``(..., m, m)`` is symmetric (to rounding: it is in exact arithmetic);
+    ``D`` are the squared distances of the rows of ``z``, ``D = sq_i + sq_j - 2 z_i . z_j``, so
+    ``dz = 2 (rowsum(G + G^T) z - (G + G^T) z) = 4 (rowsum(G) z - G z)``.
     """
-    symmetric = grad_distance + grad_distance.mT
-    weighted = symmetric.sum(dim=-1, keepdim=True) * z
+    weighted = grad_distance.sum(dim=-1, keepdim=True) * z
     product = (
-        torch.baddbmm(weighted, symmetric, z, alpha=-1.0)
+        torch.baddbmm(weighted, grad_distance, z, alpha=-1.0)
         if z.ndim == 3
-        else torch.addmm(weighted, symmetric, z, alpha=-1.0)
+        else torch.addmm(weighted, grad_distance, z, alpha=-1.0)
     )
-    return product.mul_(2.0)
+    return product.mul_(4.0)
 
 
 class _LayerObjectives(torch.autograd.Function):
-    """``(objective, HSIC(Z_i, X), HSIC(Z_i, Y))`` of every layer, each ``(layers,)``.
+    """Every layer's objective ``(layers,)`` and ``HSIC(Z_i, X), HSIC(Z_i, Y)`` ``(layers, 2)``.
 
-    Only ``objective`` is differentiable, with respect to the ``Z_i`` only.
+    Only the objective is differentiable, with respect to the ``Z_i`` only.
     """
 
     @staticmethod
@@ -196,11 +195,11 @@ class _LayerObjectives(torch.autograd.Function):
         prepared, inverse = _prepare(kernels, options)
         targets = torch.stack([prepared[0], _label_form(onehot, scales[1], options)])
         estimates = torch.mm(prepared[1:].flatten(1), targets.flatten(1).T)  # (layers, 2)
-        hx, hy = estimates.unbind(dim=1)
-        objective = hx - options.beta * hy
-        ctx.mark_non_differentiable(hx, hy)
+        objective = torch.sub(estimates[:, 0], estimates[:, 1], alpha=options.beta)
+        ctx.mark_non_differentiable(estimates)
+        ctx.set_materialize_grads(False)
         if any(ctx.needs_input_grad[4:]):
-            target = targets[0] - options.beta * targets[1]
+            target = torch.sub(targets[0], targets[1], alpha=options.beta)
             ctx.options, ctx.scales = options, scales[2:]
             layer_inverse = inverse[1:] if inverse is not None else None
             # Kept on ctx, not by save_for_backward (which autograd frees after one backward
@@ -209,30 +208,34 @@ class _LayerObjectives(torch.autograd.Function):
             # is an output, so this makes no reference cycle.
             separate = None if stacked is not None else [z.detach() for z in zs]
             ctx.saved = (target, layer_kernels, layer_inverse, stacked, separate)
-        return objective, hx, hy
+        return objective, estimates
 
     @staticmethod
-    def backward(ctx, grad_objective, _grad_hx, _grad_hy):  # noqa: D102 (see the class)
+    def backward(ctx, grad_objective, _grad_estimates):  # noqa: D102 (see the class)
+        if grad_objective is None:  # only the (non-differentiable) estimates were used
+            return (None,) * (4 + len(ctx.scales))
         target, layer_kernels, inverse, stacked, zs = ctx.saved
         options = ctx.options
         m = target.shape[0]
-        weights = grad_objective.view(-1, 1, 1)
         if options.estimator == "biased":
             # d sum(P_Z * T) / d K_c = T / (m - 1)
-            grad_centered = (weights / max(m - 1, 1)) * target
+            grad_centered = target.expand_as(layer_kernels)
+            coefficient = 1.0 / max(m - 1, 1)
         else:
             # d sum((I - c M^-1) * T) / d M = c M^-1 T M^-1 (M^-1 and T symmetric)
             grad_centered = torch.matmul(torch.matmul(inverse, target), inverse)
-            grad_centered.mul_(weights * (options.epsilon * m))
-        # K = exp(-scale D): dD = -scale K * dK
+            coefficient = options.epsilon * m
+        # K = exp(-scale D): dD = -scale K * dK; the constant factors and the incoming
+        # gradients are applied together, in one pass.
         grad_distance = _center_general(grad_centered).mul_(layer_kernels)
+        factors = grad_objective.view(-1, 1, 1) * -coefficient
         if stacked is not None:
-            grad_distance.mul_(-_column(ctx.scales, stacked))
+            grad_distance.mul_(factors * _column(ctx.scales, stacked))
             grads = _distance_backward(grad_distance, stacked).unbind()
         else:
             grads = [
-                _distance_backward(g.mul_(-scale), z)
-                for g, scale, z in zip(grad_distance, ctx.scales, zs, strict=True)
+                _distance_backward(g.mul_(factor * scale), z)
+                for g, factor, scale, z in zip(grad_distance, factors, ctx.scales, zs, strict=True)
             ]
         return (None, None, None, None, *grads)
 
@@ -243,20 +246,22 @@ def layer_objectives(
     zs: Sequence[torch.Tensor],
     scales: Sequence[float | torch.Tensor],
     options: ObjectiveOptions,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6's objective of every hidden layer, and its two HSIC terms.
 
     Args:
         x: the flattened input ``X`` ``(m, input features)``, not differentiated.
-        onehot: the one-hot labels ``Y`` ``(m, classes)``, same dtype, not differentiated.
+        onehot: the one-hot labels ``Y`` ``(m, classes)``, same dtype, not differentiated; each
+            row must be one-hot (its kernel is used in closed form).
         zs: each hidden layer's output ``Z_i`` ``(m, width_i)``, the gradient's only inputs.
         scales: ``1 / (2 sigma^2 d)`` of each kernel, in the order ``x``, ``onehot``, ``zs``
             (``sigma`` a number, or the detached 0-d tensor of the median heuristic).
         options: the estimator and its constants.
 
     Returns:
-        ``(objective, hsic_zx, hsic_zy)``, each ``(layers,)``: ``objective = hsic_zx -
-        beta hsic_zy`` is differentiable with respect to ``zs``; the two estimates are not.
+        ``(objective, estimates)``: ``estimates`` ``(layers, 2)`` holds ``HSIC(Z_i, X)`` and
+        ``HSIC(Z_i, Y)``, not differentiable; ``objective = HSIC(Z_i, X) - beta HSIC(Z_i, Y)``
+        ``(layers,)`` is differentiable with respect to ``zs``.
 
     Raises:
         ValueError: for inputs with different numbers of rows, or a wrong number of scales.
