@@ -59,6 +59,10 @@ class HSICBottleneck(Method):
       momentum (a pitfall, reproducible with ``rebuild_optimizers_each_step=true``).
     * All layers' updates come from one forward pass of the batch (theirs re-runs the forward
       pass after each layer's step), as for the other layer-local rules, at one pass's cost.
+    * nHSIC is computed in an equivalent symmetric form, ``tr(S_A S_B)`` with
+      ``S = H K H (H K H + epsilon m I)^-1`` inverted by Cholesky, with a written-out gradient
+      (:mod:`methods.hsic_objective`): the same value as their ``tr(R_A R_B)`` with LU solves,
+      to rounding, at two thirds of the step's cost.
     * The format phase is part of the run's epoch budget (``format_fraction``), so that every
       method gets the same number of epochs.
     * Accuracy: plain argmax once formatted; before, each last-hidden unit votes for its

@@ -4,26 +4,31 @@ Ma, Lewis & Kleijn 2020 (arXiv 1908.01580), Eq. 6: layer ``i`` minimises
 ``nHSIC(Z_i, X) - beta nHSIC(Z_i, Y)`` (or the same with the biased HSIC of Gretton et al.
 2005, Eq. 4). :mod:`methods.hsic_estimators` computes each term with autograd, one layer and one
 term at a time; this module computes the same values for all layers at once, with a written-out
-backward pass, because on the small networks of the benchmark the cost was the number of small
-operations (about 60 per layer, forward and backward) rather than their FLOPs.
+backward pass: on the small networks of the benchmark the LU solves and the number of small
+operations, not the FLOPs, were the cost (docs/performance.md, "HSIC, round 3").
 
 **The symmetric form of the normalised estimator.** The authors' code computes
 ``R = K H (K H + c I)^-1`` (``H = I - 1 1^T / m``, ``c = epsilon m``) and
 ``nHSIC(A, B) = tr(R_A R_B)``. With ``K_c = H K H`` and ``M = K_c + c I``, ``H`` commutes with
 ``M`` and ``R = K H M^-1``, so ``tr(R_A R_B) = tr(S_A S_B) = sum(S_A * S_B)`` with the symmetric
 ``S = K_c M^-1 = I - c M^-1``: the same value, where ``M`` is symmetric positive definite and
-is inverted by a Cholesky factorisation (one batched call for ``X``, ``Y`` and every layer)
-instead of one LU solve per kernel. The backward pass of ``sum(S * T)`` with respect to ``K_c``
-is ``c M^-1 T M^-1`` (``M^-1`` is kept from the forward pass), then ``H . H`` (the centring's
-own adjoint), then the Gaussian kernel's and the squared distances' derivatives.
+is inverted by a Cholesky factorisation (one batched call for ``X`` and every layer) instead of
+one LU solve per kernel and term. ``Y``'s ``S`` (one-hot labels: ``K_c`` of rank at most the
+number of classes) needs only a ``classes x classes`` inverse (:func:`_label_form`). The
+backward pass of ``sum(S * T)``, ``T = S_X - beta S_Y``, with respect to ``K_c`` is
+``c M^-1 T M^-1`` (``M^-1`` is kept from the forward pass), then ``H . H`` (the centring's own
+adjoint; in exact arithmetic it changes nothing, but in float32 it removes errors that
+``M^-1``'s eigenvalue ``1 / c`` along ``1`` amplifies 100-fold), then the Gaussian kernel's
+and the squared distances' derivatives.
 
-The results agree with the autograd path of :mod:`methods.hsic_estimators` to rounding, not to
-the bit (``tests/test_hsic_objective.py`` bounds the difference: about 1e-12 relative in float64
-for values and gradients, and in float32 after tens of Adam steps of a network). One
-difference beyond rounding: autograd's ``clamp_min(0)`` of a squared distance that rounds below
-zero passes no gradient; here every entry passes it. Such entries are the diagonal (whose terms
-cancel exactly in the distance's gradient) and pairs of (near-)identical rows, whose true
-gradient is zero anyway.
+**Not bit-identical** to the autograd path of :mod:`methods.hsic_estimators`; they agree to
+rounding (``tests/test_hsic_objective.py``: 1e-9 relative in float64 for values and gradients,
+and finite differences). In float32 this form is the more accurate one: on a 40-256-256 MLP at
+batch 100 its gradients are within about 2e-4 (relative) of a float64 computation, those of the
+LU path within about 3e-2. One difference beyond rounding: autograd's ``clamp_min(0)`` of a
+squared distance that rounds below zero passes no gradient; here every entry passes it. Such
+entries are the diagonal (whose terms cancel exactly in the distance's gradient) and pairs of
+(near-)identical rows, whose true gradient is zero anyway.
 """
 
 from __future__ import annotations
