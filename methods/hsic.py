@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
-from methods.hsic_estimators import ESTIMATORS, gaussian_kernel, median_sigma
+from methods.hsic_estimators import ESTIMATORS, median_sigma
+from methods.hsic_objective import ObjectiveOptions, layer_objectives
 from methods.losses import CrossEntropy, Loss
 from methods.networks import CNN, MLP
 from methods.options import Bounds, OneOf, OptimizerConfig
@@ -58,6 +59,10 @@ class HSICBottleneck(Method):
       momentum (a pitfall, reproducible with ``rebuild_optimizers_each_step=true``).
     * All layers' updates come from one forward pass of the batch (theirs re-runs the forward
       pass after each layer's step), as for the other layer-local rules, at one pass's cost.
+    * nHSIC is computed in an equivalent symmetric form, ``tr(S_A S_B)`` with
+      ``S = H K H (H K H + epsilon m I)^-1`` inverted by Cholesky, with a written-out gradient
+      (:mod:`methods.hsic_objective`): the same value as their ``tr(R_A R_B)`` with LU solves,
+      to rounding, at two thirds of the step's cost.
     * The format phase is part of the run's epoch budget (``format_fraction``), so that every
       method gets the same number of epochs.
     * Accuracy: plain argmax once formatted; before, each last-hidden unit votes for its
@@ -85,8 +90,9 @@ class HSICBottleneck(Method):
             loss or bad options.
     """
 
-    # Its estimator (a tuple of functions) is rebuilt from the config.
-    transient_attributes = frozenset({"hsic_estimator"})
+    # Rebuilt from the config: the objective's constants (a named tuple) and the list of the
+    # hidden layers' parameters (listed once: walking the modules costs on every step).
+    transient_attributes = frozenset({"objective_options", "hidden_parameters"})
 
     def __init__(
         self,
@@ -111,17 +117,14 @@ class HSICBottleneck(Method):
         self.beta, self.sigma, self.epsilon = beta, sigma, epsilon
         self.median_heuristic = median_heuristic
         self.estimator = estimator
-        self.hsic_estimator = (
-            ESTIMATORS["normalized"](epsilon)
-            if estimator == "normalized"
-            else ESTIMATORS["biased"]()
-        )
+        self.objective_options = ObjectiveOptions(estimator, beta, epsilon)
         self.format_fraction = format_fraction
         self.rebuild_optimizers_each_step = rebuild_optimizers_each_step
         # Fresh optimisers every step cannot carry a learning-rate schedule.
         self.persistent_optimizers = not rebuild_optimizers_each_step
         self.optimizer_config = dict(optimizer)
         hidden = model.layers[:-1]
+        self.hidden_parameters = [p for layer in hidden for p in layer.parameters()]
         self.layer_optimizers = [
             make_optimizer(layer.parameters(), optimizer, "method.optimizer") for layer in hidden
         ]
@@ -149,12 +152,13 @@ class HSICBottleneck(Method):
         """Whether the current :attr:`epoch` belongs to the format phase."""
         return self.epoch - 1 >= self.hsic_epochs
 
-    def _sigma(self, a: torch.Tensor) -> float | torch.Tensor:
-        return median_sigma(a) if self.median_heuristic else self.sigma
+    def _scale(self, a: torch.Tensor) -> float | torch.Tensor:
+        """``1 / (2 sigma^2 d)`` of the Gaussian kernel of ``a`` ``(m, d)``.
 
-    def prepared_kernel(self, a: torch.Tensor) -> torch.Tensor:
-        """Gaussian kernel of ``a`` ``(m, d)``, prepared for the estimator (``(m, m)``)."""
-        return self.hsic_estimator.prepare(gaussian_kernel(a, self._sigma(a)))
+        A number, or a 0-d tensor with the median heuristic (:func:`median_sigma`).
+        """
+        sigma = median_sigma(a) if self.median_heuristic else self.sigma
+        return 1.0 / (2.0 * sigma**2 * a.shape[1])
 
     def objectives(
         self, x: torch.Tensor, y: torch.Tensor
@@ -162,29 +166,31 @@ class HSICBottleneck(Method):
         """Per hidden layer ``i``: ``(objective, HSIC(Z_i, X), HSIC(Z_i, Y))`` (0-d tensors).
 
         ``Z_i`` is computed from the detached ``Z_{i-1}``, so layer ``i``'s objective depends on
-        layer ``i``'s parameters only.
+        layer ``i``'s parameters only; the two estimates are not differentiable.
         """
-        return self._objectives_and_top(x, y)[0]
+        objective, estimates = self._objectives_and_top(x, y)[0]
+        return [(o, e[0], e[1]) for o, e in zip(objective.unbind(), estimates, strict=True)]
 
     def _objectives_and_top(
         self, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """:meth:`objectives` and the last hidden layer ``Z_H`` ``(batch, width)``, detached.
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The estimates of :meth:`objectives` and the last hidden layer ``Z_H``, detached.
 
-        ``width`` is the number of units of the last hidden layer (flattened for a conv block).
+        The estimates are ``(objective, HSIC)``: the objectives ``(hidden layers,)`` and
+        ``HSIC(Z_i, X), HSIC(Z_i, Y)`` ``(hidden layers, 2)``, all layers' computed together
+        (:func:`methods.hsic_objective.layer_objectives`). ``Z_H`` is ``(batch, width)``,
+        ``width`` the number of units of the last hidden layer (flattened for a conv block).
         """
         inputs = x.flatten(1)
         onehot = F.one_hot(y, self.model.output_size).to(inputs.dtype)
-        # X's and Y's kernels are the same for every layer: prepare them once per batch.
-        k_x, k_y = self.prepared_kernel(inputs), self.prepared_kernel(onehot)
-        results = []
         z = inputs if isinstance(self.model, MLP) else x
+        zs = []
         for index in range(self.model.depth - 1):
             z = self.model.layer_forward(index, z.detach())
-            k_z = self.prepared_kernel(z.flatten(1))
-            hx, hy = self.hsic_estimator.pair(k_z, k_x), self.hsic_estimator.pair(k_z, k_y)
-            results.append((hx - self.beta * hy, hx, hy))
-        return results, z.detach().flatten(1)
+            zs.append(z.flatten(1))
+        scales = [self._scale(a) for a in (inputs, onehot, *zs)]
+        estimates = layer_objectives(inputs, onehot, zs, scales, self.objective_options)
+        return estimates, z.detach().flatten(1)
 
     def compute_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """HSIC phase: each hidden layer's objective gradient; format phase: the format layer's.
@@ -194,14 +200,14 @@ class HSICBottleneck(Method):
         self.zero_grad()
         formatting = self.formatting
         with torch.set_grad_enabled(not formatting):
-            objectives, features = self._objectives_and_top(x, y)
+            estimates, features = self._objectives_and_top(x, y)
+        objective, hsic = estimates
         if not formatting:
             # One backward pass for all layers: each layer's objective depends on its own
             # parameters only (detached inputs), so the sum's gradient with respect to them is
             # that objective's, computed with the same operations.
-            params = [p for layer in self.model.layers[:-1] for p in layer.parameters()]
-            total = sum(objective for objective, _, _ in objectives)
-            for param, grad in zip(params, torch.autograd.grad(total, params)):
+            params = self.hidden_parameters
+            for param, grad in zip(params, torch.autograd.grad(objective.sum(), params)):
                 param.grad = grad
         with torch.no_grad():
             self._vote(features.argmax(dim=1), y)
@@ -212,11 +218,9 @@ class HSICBottleneck(Method):
             for param, grad in zip(params, torch.autograd.grad(self.loss(output, y), params)):
                 param.grad = grad
         # One conversion for all estimates (the same values as one .item() each).
-        estimates = torch.stack([e.detach() for _, hx, hy in objectives for e in (hx, hy)])
-        values = estimates.tolist()
-        for i in range(len(objectives)):
-            self.means.add(f"hsic_zx_layer{i + 1}", values[2 * i])
-            self.means.add(f"hsic_zy_layer{i + 1}", values[2 * i + 1])
+        for i, (zx, zy) in enumerate(hsic.tolist(), start=1):
+            self.means.add(f"hsic_zx_layer{i}", zx)
+            self.means.add(f"hsic_zy_layer{i}", zy)
         return self.loss.metrics(output.detach(), y)
 
     def _vote(self, units: torch.Tensor, y: torch.Tensor) -> None:
