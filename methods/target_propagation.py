@@ -134,9 +134,12 @@ class DifferenceTargetPropagation(Method):
 
     # DRL divides its feedback loss by sigma^2, so it needs sigma > 0 (noise_reason says why).
     requires_noise = False
-    # Fixed by the constructor, rebuilt from it (not checkpointed): the depth, the activations'
-    # functions and the inverses' parameter list, read many times per step.
-    transient_attributes = frozenset({"_depth", "_act_fn", "_inverse_act_fn", "_inverse_params"})
+    # Fixed by the constructor, rebuilt from it (not checkpointed), read many times per step:
+    # plain lists and values instead of ModuleList indexing and properties (~1 us each).
+    transient_attributes = frozenset(
+        {"_mlp", "_depth", "_top", "_layers", "_act_fn", "_inverse_act_fn", "_feedback_layers"}
+        | {"_inverse_params"}
+    )
     noise_reason = "the loss is scaled by 1/sigma^2"
 
     def __init__(
@@ -172,9 +175,12 @@ class DifferenceTargetPropagation(Method):
         self.top_target_layer = top_target_layer
         act_name = model.activation_name if inverse_activation == "same" else inverse_activation
         self.inverse_activation = CNN_ACTIVATIONS[act_name]()
+        self._mlp = isinstance(model, MLP)
         self._depth = model.depth
-        mlp_act = model.activation if isinstance(model, MLP) else None  # the CNN's: per block
-        self._act_fn = activation_function(mlp_act) if mlp_act is not None else None
+        self._top = self._depth - 1 + (top_target_layer == "output")
+        self._layers = list(model.layers)
+        # The MLP's activation (the CNN's is in each block).
+        self._act_fn = activation_function(model.activation) if self._mlp else None
         self._inverse_act_fn = activation_function(self.inverse_activation)
         # inverses[i - 2] is g_i's affine part, h_i -> h_{i-1}, for i = 2..K.
         shapes = self.layer_shapes()
@@ -188,6 +194,7 @@ class DifferenceTargetPropagation(Method):
             for inverse in self.inverses:
                 nn.init.orthogonal_(inverse.weight)
                 nn.init.zeros_(inverse.bias)
+        self._feedback_layers = list(self.inverses)
         self._inverse_params = list(self.inverses.parameters())
         self.optimizer = make_optimizer(
             model.parameters(), forward_optimizer, "method.forward_optimizer"
@@ -214,14 +221,14 @@ class DifferenceTargetPropagation(Method):
 
     def params_of(self, i: int) -> tuple[nn.Parameter, nn.Parameter]:
         """Layer ``i``'s (1-based) weight and bias."""
-        layer = self.model.layers[i - 1]
-        affine = layer.affine if isinstance(self.model, CNN) else layer
+        layer = self._layers[i - 1]
+        affine = layer if self._mlp else layer.affine
         return affine.weight, affine.bias
 
     @property
     def top(self) -> int:
         """``K``, the top layer of the target chain: ``H``, or ``H + 1`` (the output layer)."""
-        return self.num_hidden + (self.top_target_layer == "output")
+        return self._top
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The forward weights' optimiser and, when there are inverses, theirs."""
@@ -237,8 +244,8 @@ class DifferenceTargetPropagation(Method):
         forward pass that gave the matching ``h_i``: :meth:`switches`) before its transposed
         convolution (:class:`~methods.tp_feedback.ConvFeedback`).
         """
-        feedback = self.inverses[i - 2]
-        if isinstance(self.model, MLP):
+        feedback = self._feedback_layers[i - 2]
+        if self._mlp:
             # The same maps without the module calls, each of which costs as much as a 10-unit
             # layer's product (the MLP's h is already (batch, n)).
             return self._inverse_act_fn(F.linear(h, feedback.weight, feedback.bias))
@@ -250,8 +257,8 @@ class DifferenceTargetPropagation(Method):
         A conv block is ``pool(act(conv(h)))``.
         """
         model = self.model
-        if isinstance(model, MLP):  # MLP.layer_forward's map, without the module calls
-            layer = model.layers[i - 1]
+        if self._mlp:  # MLP.layer_forward's map, without the module calls
+            layer = self._layers[i - 1]
             out = F.linear(h.flatten(1), layer.weight, layer.bias)
             return self._act_fn(out) if i < self._depth else out
         return model.layer_forward(i - 1, h)
@@ -260,7 +267,7 @@ class DifferenceTargetPropagation(Method):
         self, i: int, h: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(f_i(h), its max-pooling switches)``; the switches are ``None`` if none."""
-        layer = self.model.layers[i - 1]
+        layer = self._layers[i - 1]
         if isinstance(layer, ConvBlock) and layer.pool_kind == "max":
             parts = layer.forward_parts(h)
             return parts.output, parts.indices
@@ -283,7 +290,7 @@ class DifferenceTargetPropagation(Method):
 
     def max_pooled(self, i: int) -> bool:
         """Whether layer ``i`` (1-based) is a max-pooled conv block (it has switches)."""
-        layer = self.model.layers[i - 1]
+        layer = self._layers[i - 1]
         return isinstance(layer, ConvBlock) and layer.pool_kind == "max"
 
     @property
@@ -294,7 +301,7 @@ class DifferenceTargetPropagation(Method):
         derivative is a function of its output (not ELU); elsewhere autograd computes them.
         Both give bit-identical gradients.
         """
-        return isinstance(self.model, MLP) and has_closed_form(self.inverse_activation)
+        return self._mlp and has_closed_form(self.inverse_activation)
 
     @torch.no_grad()
     def inverse_outputs(
@@ -319,7 +326,7 @@ class DifferenceTargetPropagation(Method):
         and the conv blocks' outputs on the CNN.
         """
         with torch.no_grad():
-            if isinstance(self.model, CNN):
+            if not self._mlp:
                 return [x, *self.model.forward_layers(x)]
             # MLP.forward_layers' maps without its module calls (:meth:`layer`).
             h = [x.flatten(1)]
@@ -376,7 +383,7 @@ class DifferenceTargetPropagation(Method):
         """:meth:`top_target`, and the batch's task loss ``L`` (0-d, detached) it differentiated."""
         step = self.top_step(len(h[-1]))
         head = self.num_hidden + 1
-        if self.top > self.num_hidden or isinstance(self.model, MLP):
+        if self.top > self.num_hidden or self._mlp:
             output = h[-1].detach()
             # dL/do written out where it can be (bit-identical), else by autograd.
             closed = loss_and_output_grad(self.loss, output, y)
@@ -423,7 +430,7 @@ class DifferenceTargetPropagation(Method):
         Returns:
             ``[(dW_1, db_1), ..., (dW_K, db_K)]``.
         """
-        if not isinstance(self.model, MLP):
+        if not self._mlp:
             updates = []
             for i in range(1, self.top + 1):
                 local = squared_distance(self.layer(i, h[i - 1].detach()), targets[i].detach())
