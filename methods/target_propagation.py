@@ -468,7 +468,9 @@ class DifferenceTargetPropagation(Method):
         with torch.no_grad():
             # h_i - h_hat_i, once for both the metric and the MLP's closed-form gradients.
             differences = [None, *(h[i] - targets[i] for i in range(1, self.top + 1))]
-            distances = torch.stack([d.flatten(1).norm(dim=1).mean() for d in differences[1:]])
+            # The kernel Tensor.norm(dim=1) calls, without its two Python wrappers.
+            norms = [torch.linalg.vector_norm(d.flatten(1), 2, 1).mean() for d in differences[1:]]
+            distances = torch.stack(norms)
         for i, update in enumerate(self.forward_update(h, targets, differences), start=1):
             weight, bias = self.params_of(i)
             weight.grad, bias.grad = update
