@@ -212,3 +212,7 @@ def test_forward_update_equals_autograd_of_the_local_losses(name, act_name, opti
         expected = torch.autograd.grad(CrossEntropy()(head(h_top), y), [h_top, head.weight])
         assert torch.equal(head.weight.grad, expected[1])
         assert torch.equal(top, (h_top - method.target_stepsize * expected[0]).detach())
+    else:  # o_hat = o - eta dL/do, dL/do written out (tp_grads.loss_and_output_grad)
+        output = h[-1].clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(CrossEntropy()(output, y), [output])
+        assert torch.equal(top, (output - method.target_stepsize * expected).detach())
