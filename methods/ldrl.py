@@ -140,14 +140,19 @@ class LocalDifferenceReconstructionLoss(DifferenceTargetPropagation):
         return self.target_stepsize * batch
 
     def forward_update(
-        self, h: list[torch.Tensor], targets: list[torch.Tensor | None]
+        self,
+        h: list[torch.Tensor],
+        targets: list[torch.Tensor | None],
+        differences: list[torch.Tensor | None] | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Gradients of ``mean_n 1/2 ||f_i(h_{i-1}) - h_hat_i||^2`` (their forward loss).
 
         Half of DTP's (whose local loss has no 1/2), so that with ``J_g = J_f^T`` the update is
         ``beta`` times backprop's gradient of the batch-mean loss, as in their Theorem.
+        ``differences``: ``h_i - h_hat_i``, as for DTP's.
         """
-        return [(dw / 2, db / 2) for dw, db in super().forward_update(h, targets)]
+        updates = super().forward_update(h, targets, differences)
+        return [(dw / 2, db / 2) for dw, db in updates]
 
     def feedback_loss(
         self,

@@ -71,10 +71,13 @@ from methods.options import Bounds, OneOf, OptimizerConfig
 from methods.tp_feedback import ConvFeedback, LinearFeedback
 from methods.tp_grads import (
     activation_backward,
+    activation_function,
+    difference_grad,
     distance_grad,
     has_closed_form,
     linear_grads,
     linear_input_grad,
+    loss_and_output_grad,
 )
 
 SCHEDULES = ("per_batch", "alternating")
@@ -131,6 +134,12 @@ class DifferenceTargetPropagation(Method):
 
     # DRL divides its feedback loss by sigma^2, so it needs sigma > 0 (noise_reason says why).
     requires_noise = False
+    # Fixed by the constructor, rebuilt from it (not checkpointed), read many times per step:
+    # plain lists and values instead of ModuleList indexing and properties (~1 us each).
+    transient_attributes = frozenset(
+        {"_mlp", "_depth", "_top", "_layers", "_act_fn", "_inverse_act_fn", "_feedback_layers"}
+        | {"_inverse_params"}
+    )
     noise_reason = "the loss is scaled by 1/sigma^2"
 
     def __init__(
@@ -166,6 +175,13 @@ class DifferenceTargetPropagation(Method):
         self.top_target_layer = top_target_layer
         act_name = model.activation_name if inverse_activation == "same" else inverse_activation
         self.inverse_activation = CNN_ACTIVATIONS[act_name]()
+        self._mlp = isinstance(model, MLP)
+        self._depth = model.depth
+        self._top = self._depth - 1 + (top_target_layer == "output")
+        self._layers = list(model.layers)
+        # The MLP's activation (the CNN's is in each block).
+        self._act_fn = activation_function(model.activation) if self._mlp else None
+        self._inverse_act_fn = activation_function(self.inverse_activation)
         # inverses[i - 2] is g_i's affine part, h_i -> h_{i-1}, for i = 2..K.
         shapes = self.layer_shapes()
         self.inverses = nn.ModuleList(
@@ -178,6 +194,8 @@ class DifferenceTargetPropagation(Method):
             for inverse in self.inverses:
                 nn.init.orthogonal_(inverse.weight)
                 nn.init.zeros_(inverse.bias)
+        self._feedback_layers = list(self.inverses)
+        self._inverse_params = list(self.inverses.parameters())
         self.optimizer = make_optimizer(
             model.parameters(), forward_optimizer, "method.forward_optimizer"
         )
@@ -192,7 +210,7 @@ class DifferenceTargetPropagation(Method):
     @property
     def num_hidden(self) -> int:
         """``H``, the number of hidden layers (conv blocks and hidden linear layers)."""
-        return self.model.depth - 1
+        return self._depth - 1
 
     def layer_shapes(self) -> list[tuple[int, ...]]:
         """One example's shape of ``h_0 .. h_{H+1}``, e.g. ``[(1, 28, 28), (32, 14, 14), ...]``."""
@@ -203,14 +221,14 @@ class DifferenceTargetPropagation(Method):
 
     def params_of(self, i: int) -> tuple[nn.Parameter, nn.Parameter]:
         """Layer ``i``'s (1-based) weight and bias."""
-        layer = self.model.layers[i - 1]
-        affine = layer.affine if isinstance(self.model, CNN) else layer
+        layer = self._layers[i - 1]
+        affine = layer if self._mlp else layer.affine
         return affine.weight, affine.bias
 
     @property
     def top(self) -> int:
         """``K``, the top layer of the target chain: ``H``, or ``H + 1`` (the output layer)."""
-        return self.num_hidden + (self.top_target_layer == "output")
+        return self._top
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """The forward weights' optimiser and, when there are inverses, theirs."""
@@ -226,11 +244,11 @@ class DifferenceTargetPropagation(Method):
         forward pass that gave the matching ``h_i``: :meth:`switches`) before its transposed
         convolution (:class:`~methods.tp_feedback.ConvFeedback`).
         """
-        feedback = self.inverses[i - 2]
-        if isinstance(self.model, MLP):
-            # The same linear map without the module call, which costs as much as a 10-unit
+        feedback = self._feedback_layers[i - 2]
+        if self._mlp:
+            # The same maps without the module calls, each of which costs as much as a 10-unit
             # layer's product (the MLP's h is already (batch, n)).
-            return self.inverse_activation(F.linear(h, feedback.weight, feedback.bias))
+            return self._inverse_act_fn(F.linear(h, feedback.weight, feedback.bias))
         return self.inverse_activation(feedback(h, switches))
 
     def layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
@@ -239,17 +257,17 @@ class DifferenceTargetPropagation(Method):
         A conv block is ``pool(act(conv(h)))``.
         """
         model = self.model
-        if isinstance(model, MLP):  # MLP.layer_forward's map, without the module call
-            layer = model.layers[i - 1]
+        if self._mlp:  # MLP.layer_forward's map, without the module calls
+            layer = self._layers[i - 1]
             out = F.linear(h.flatten(1), layer.weight, layer.bias)
-            return model.activation(out) if i < len(model.layers) else out
+            return self._act_fn(out) if i < self._depth else out
         return model.layer_forward(i - 1, h)
 
     def layer_with_switches(
         self, i: int, h: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(f_i(h), its max-pooling switches)``; the switches are ``None`` if none."""
-        layer = self.model.layers[i - 1]
+        layer = self._layers[i - 1]
         if isinstance(layer, ConvBlock) and layer.pool_kind == "max":
             parts = layer.forward_parts(h)
             return parts.output, parts.indices
@@ -272,7 +290,7 @@ class DifferenceTargetPropagation(Method):
 
     def max_pooled(self, i: int) -> bool:
         """Whether layer ``i`` (1-based) is a max-pooled conv block (it has switches)."""
-        layer = self.model.layers[i - 1]
+        layer = self._layers[i - 1]
         return isinstance(layer, ConvBlock) and layer.pool_kind == "max"
 
     @property
@@ -283,7 +301,7 @@ class DifferenceTargetPropagation(Method):
         derivative is a function of its output (not ELU); elsewhere autograd computes them.
         Both give bit-identical gradients.
         """
-        return isinstance(self.model, MLP) and has_closed_form(self.inverse_activation)
+        return self._mlp and has_closed_form(self.inverse_activation)
 
     @torch.no_grad()
     def inverse_outputs(
@@ -308,8 +326,13 @@ class DifferenceTargetPropagation(Method):
         and the conv blocks' outputs on the CNN.
         """
         with torch.no_grad():
-            h0 = x if isinstance(self.model, CNN) else x.flatten(1)
-            return [h0, *self.model.forward_layers(x)]
+            if not self._mlp:
+                return [x, *self.model.forward_layers(x)]
+            # MLP.forward_layers' maps without its module calls (:meth:`layer`).
+            h = [x.flatten(1)]
+            for i in range(1, self._depth + 1):
+                h.append(self.layer(i, h[-1]))
+            return h
 
     @torch.no_grad()
     def propagate_targets(
@@ -360,10 +383,16 @@ class DifferenceTargetPropagation(Method):
         """:meth:`top_target`, and the batch's task loss ``L`` (0-d, detached) it differentiated."""
         step = self.top_step(len(h[-1]))
         head = self.num_hidden + 1
-        if self.top > self.num_hidden or isinstance(self.model, MLP):
-            output = h[-1].detach().requires_grad_(True)
-            loss = self.loss(output, y)
-            (grad,) = torch.autograd.grad(loss, [output])
+        if self.top > self.num_hidden or self._mlp:
+            output = h[-1].detach()
+            # dL/do written out where it can be (bit-identical), else by autograd.
+            closed = loss_and_output_grad(self.loss, output, y)
+            if closed is None:
+                output.requires_grad_(True)
+                loss = self.loss(output, y)
+                (grad,) = torch.autograd.grad(loss, [output])
+            else:
+                loss, grad = closed
             if self.top > self.num_hidden:
                 return (output - step * grad).detach(), None, loss.detach()
             # The MLP's output layer is linear and h[-1] its output: its backward in closed
@@ -385,28 +414,37 @@ class DifferenceTargetPropagation(Method):
         return self.target_stepsize
 
     def forward_update(
-        self, h: list[torch.Tensor], targets: list[torch.Tensor | None]
+        self,
+        h: list[torch.Tensor],
+        targets: list[torch.Tensor | None],
+        differences: list[torch.Tensor | None] | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Gradients of each chain layer's local loss ``mean_n ||f_i(h_{i-1}) - h_hat_i||^2``.
 
         Only layer ``i``'s parameters get layer ``i``'s gradient; inputs and targets are constants.
         On the MLP ``f_i(h_{i-1})`` is ``h_i`` itself and the gradient takes its closed form
-        (:mod:`methods.tp_grads`, bit-identical to autograd's); on the CNN autograd computes it.
+        (:mod:`methods.tp_grads`, bit-identical to autograd's) from ``h_i - h_hat_i``
+        (``differences[i]`` if given, as :meth:`forward_step` computes them for its metric); on
+        the CNN autograd computes it.
 
         Returns:
             ``[(dW_1, db_1), ..., (dW_K, db_K)]``.
         """
-        updates = []
-        for i in range(1, self.top + 1):
-            if isinstance(self.model, MLP):
-                activation = self.model.activation if i <= self.num_hidden else None
-                with torch.no_grad():
-                    _, grad = distance_grad(h[i], targets[i])
+        if not self._mlp:
+            updates = []
+            for i in range(1, self.top + 1):
+                local = squared_distance(self.layer(i, h[i - 1].detach()), targets[i].detach())
+                updates.append(torch.autograd.grad(local, list(self.params_of(i))))
+            return updates
+        if differences is None:
+            differences = [None, *(h[i] - targets[i] for i in range(1, self.top + 1))]
+        activation, updates = self.model.activation, []
+        with torch.no_grad():
+            for i in range(1, self.top + 1):
+                grad = difference_grad(differences[i])
+                if i <= self.num_hidden:
                     grad = activation_backward(activation, grad, h[i])
-                    updates.append(linear_grads([grad], [h[i - 1]]))
-                continue
-            local = squared_distance(self.layer(i, h[i - 1].detach()), targets[i].detach())
-            updates.append(torch.autograd.grad(local, list(self.params_of(i))))
+                updates.append(linear_grads([grad], [h[i - 1]]))
         return updates
 
     def forward_step(
@@ -427,13 +465,17 @@ class DifferenceTargetPropagation(Method):
         h = self.activations(x) if h is None else h
         top, head_grads, loss = self.top_target_and_loss(h, y)
         targets = self.propagate_targets(h, top, inverse_h, switches)
-        distances = []
-        for i, update in enumerate(self.forward_update(h, targets), start=1):
+        with torch.no_grad():
+            # h_i - h_hat_i, once for both the metric and the MLP's closed-form gradients.
+            differences = [None, *(h[i] - targets[i] for i in range(1, self.top + 1))]
+            # The kernel Tensor.norm(dim=1) calls, without its two Python wrappers.
+            norms = [torch.linalg.vector_norm(d.flatten(1), 2, 1).mean() for d in differences[1:]]
+            distances = torch.stack(norms)
+        for i, update in enumerate(self.forward_update(h, targets, differences), start=1):
             weight, bias = self.params_of(i)
             weight.grad, bias.grad = update
-            distances.append((h[i] - targets[i]).flatten(1).norm(dim=1).mean())
         # One read of every layer's distance instead of one per layer (the values are equal).
-        for i, distance in enumerate(torch.stack(distances).tolist(), start=1):
+        for i, distance in enumerate(distances.tolist(), start=1):
             self.means.add(f"target_distance_layer{i}", distance)
         if head_grads is not None:
             weight, bias = self.params_of(self.num_hidden + 1)
@@ -537,7 +579,7 @@ class DifferenceTargetPropagation(Method):
             else:
                 rec = self.reconstruction(i, h, corrupted, switches, inverse_h)
                 losses[i] = squared_distance(rec, corrupted)
-        params = list(self.inverses.parameters())
+        params = self._inverse_params
         if not closed_form:
             total = self.feedback_loss_scale() * sum(losses.values())
             grads = torch.autograd.grad(total, params)
