@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.losses import IGNORE_INDEX, CrossEntropy, Loss, MeanSquaredError
+from methods.tp_grads import activation_function
 
 _MEAN = 1  # ATen's reduction enum value for "mean"
 _aten = torch.ops.aten
@@ -50,15 +51,6 @@ _ACTIVATION_BACKWARD = {
     nn.Tanh: _aten.tanh_backward.default,
     nn.Sigmoid: _aten.sigmoid_backward.default,
     nn.Identity: lambda grad, out: grad,
-}
-
-
-# Activation module type -> the function its forward calls (the module call costs more).
-_ACTIVATION_FORWARD: dict[type[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = {
-    nn.ReLU: torch.relu,
-    nn.Tanh: torch.tanh,
-    nn.Sigmoid: torch.sigmoid,
-    nn.Identity: lambda x: x,
 }
 
 
@@ -156,7 +148,7 @@ class _CodeGradient:
     def __init__(self, code0: torch.Tensor, layer: nn.Linear, activation: nn.Module) -> None:
         self.code0 = code0
         self.weight, self.bias = layer.weight, layer.bias
-        self.activation = _ACTIVATION_FORWARD[type(activation)]
+        self.activation = activation_function(activation)  # the function, not the module
         self.activation_backward = _ACTIVATION_BACKWARD[type(activation)]
         self.one = torch.ones((), dtype=code0.dtype, device=code0.device)  # autograd.grad's seed
 
