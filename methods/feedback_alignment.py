@@ -26,13 +26,14 @@ On the CNN (``model=cnn``, :class:`~methods.networks.CNN`) each layer is a conv 
 * FA: the error at layer ``l``'s pre-activation, ``delta_l`` (through the pooling's and the
   activation's exact local derivatives), reaches layer ``l - 1``'s output through the
   transposed convolution with a fixed random kernel ``B_l`` shaped like the conv kernel
-  ``W_l`` (``conv2d_input(delta_l, B_l)``, the convolution's input gradient with ``B_l`` in
-  place of ``W_l``; Nokland 2016 and Sanfiz & Akrout 2021 use the same conv feedback);
+  ``W_l`` (the convolution's input gradient with ``B_l`` in place of ``W_l``; Nokland 2016 and
+  Sanfiz & Akrout 2021 use the same conv feedback), in one autograd pass over the network
+  whose layers' maps carry ``B_l`` backwards (:class:`_FeedbackAffine`);
 * DFA: the output error is projected by a fixed ``D_l`` of shape ``(n_L, C_l H_l W_l)`` onto
   layer ``l``'s output ``(C_l, H_l, W_l)`` (after pooling), then through the pooling's and the
   activation's local derivatives, as ``delta_l = (e D_l) * f'(a_l)`` for the MLP;
 * every layer's weight update is the exact local one, ``dW_l = conv2d_weight(h_{l-1},
-  delta_l)`` (autograd of the layer on its detached input).
+  delta_l)``.
 
 ``B_l`` and ``D_l`` are drawn U(-1/sqrt(r), 1/sqrt(r)) with ``r = numel / shape[1]``: the rows
 of a matrix, as above, and ``C_out k^2`` (the transposed convolution's fan-in) for a kernel.
@@ -56,6 +57,27 @@ from methods.options import OneOf, OptimizerConfig
 from methods.tp_grads import activation_backward, has_closed_form
 
 FEEDBACK = ("random", "symmetric")
+
+
+class _FeedbackAffine(torch.autograd.Function):
+    """A CNN layer's affine map ``a = W h + b`` whose input gradient uses ``B`` in place of ``W``.
+
+    ``apply(h, W, b, B, layer)``: forward ``layer.pre(h)``; backward ``layer.affine_backward``
+    with ``B``: ``(dh, dW, db)`` with ``dh`` the transposed map of ``B`` (FA's error to the
+    layer below, Lillicrap et al. 2016) and ``dW``, ``db`` the exact local gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, feedback, layer):  # noqa: D102 (autograd's protocol)
+        ctx.save_for_backward(h, feedback)
+        ctx.layer = layer
+        return layer.pre(h)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        h, feedback = ctx.saved_tensors
+        dh, dw, db = ctx.layer.affine_backward(grad, h, feedback, ctx.needs_input_grad[0])
+        return dh, dw, db, None, None
 
 
 @register_method("fa")
@@ -124,49 +146,30 @@ class FeedbackAlignment(Method):
         )
         return delta_above @ feedback
 
-    def conv_output_error(
-        self, k: int, delta_above: torch.Tensor, h_k: torch.Tensor, e: torch.Tensor
-    ) -> torch.Tensor:
-        """CNN: the error reaching layer ``k``'s (1-based) output ``h_k``, shaped like ``h_k``.
-
-        FA: the transposed map of layer ``k + 1`` with ``B_{k+1}`` (``W_{k+1}`` when
-        symmetric) applied to ``delta_{k+1}``, its pre-activation error.
-        """
-        above = self.model.layers[k]
-        feedback = (
-            above.affine.weight.detach()
-            if self.feedback == "symmetric"
-            else self.feedback_weights[k - 1]
-        )
-        return above.transposed_with(delta_above, feedback, h_k.shape)
-
     def conv_updates(
         self, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """:meth:`updates_and_loss` on the CNN: local autograd in each layer, feedback between."""
-        layers = self.model.layers
-        inputs, pres, leaves, outputs = [x], [], [], []
-        for layer in layers:
-            pre = layer.pre(inputs[-1].detach())  # graph to this layer's parameters only
-            leaf = pre.detach().requires_grad_(True)
-            out = layer.after_affine(leaf)
-            pres.append(pre)
-            leaves.append(leaf)
-            outputs.append(out)
-            inputs.append(out.detach())
-        logits = outputs[-1]
-        loss = self.loss(logits, y)
-        (e,) = torch.autograd.grad(loss, logits)
-        error = e  # the error at the current layer's output
-        grads_by_layer = []
-        for k in range(len(layers), 0, -1):
-            (delta,) = torch.autograd.grad(outputs[k - 1], leaves[k - 1], error)
-            params = list(layers[k - 1].parameters())
-            grads_by_layer.insert(0, torch.autograd.grad(pres[k - 1], params, delta))
-            if k > 1:
-                error = self.conv_output_error(k - 1, delta, inputs[k - 1], e)
-        grads = [g for layer_grads in grads_by_layer for g in layer_grads]
-        return grads, logits.detach(), loss.detach()
+        """:meth:`updates_and_loss` on the CNN: one backward pass, ``B_l`` in place of ``W_l``.
+
+        Every layer's map is applied through :class:`_FeedbackAffine`, whose backward pass is
+        the layer's own (:meth:`~methods.networks.cnn.ConvBlock.affine_backward`) with the
+        feedback kernel carrying the error to the layer below; activations and poolings keep
+        their exact local derivatives. One autograd pass over the whole network, as for
+        backprop, instead of three per layer: the same kernels and values, bit for bit.
+        """
+        h = x
+        for k, layer in enumerate(self.model.layers):
+            weight = layer.affine.weight
+            if k == 0 or self.feedback == "symmetric":
+                feedback = weight.detach()  # the first layer sends no error below
+            else:
+                feedback = self.feedback_weights[k - 1]
+            h = layer.after_affine(
+                _FeedbackAffine.apply(h, weight, layer.affine.bias, feedback, layer)
+            )
+        loss = self.loss(h, y)
+        grads = torch.autograd.grad(loss, self.model_parameters)
+        return list(grads), h.detach(), loss.detach()
 
     def updates(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``[(dW_l, db_l)]`` for l = 1..L, flattened as ``[dW_1, db_1, ...]``, and the logits.
@@ -261,11 +264,28 @@ class DirectFeedbackAlignment(FeedbackAlignment):
             return [(self.model.output_size, width) for width in widths]
         return [(self.model.output_size, width) for width in self.model.hidden_sizes]
 
-    def conv_output_error(
-        self, k: int, delta_above: torch.Tensor, h_k: torch.Tensor, e: torch.Tensor
-    ) -> torch.Tensor:
-        """CNN: ``e D_k`` reshaped to layer ``k``'s output shape (the output error, sent direct)."""
-        return (e @ self.feedback_weights[k - 1]).reshape(h_k.shape)
+    def conv_updates(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """:meth:`updates_and_loss` on the CNN: ``e D_l`` at each layer's output, local below.
+
+        Each layer's output receives the output error through ``D_l`` (reshaped to
+        ``(batch, C_l, H_l, W_l)``); one autograd pass through the layer alone (its pooling,
+        activation and map, on its detached input) gives ``dW_l`` and ``db_l``.
+        """
+        layers = self.model.layers
+        outputs = []
+        h = x
+        for layer in layers:
+            h = layer(h.detach())  # a graph to this layer's parameters only
+            outputs.append(h)
+        loss = self.loss(h, y)
+        (e,) = torch.autograd.grad(loss, h)
+        grads = []
+        for k, (layer, out) in enumerate(zip(layers, outputs), start=1):
+            error = e if k == len(layers) else (e @ self.feedback_weights[k - 1]).reshape(out.shape)
+            grads += torch.autograd.grad(out, list(layer.parameters()), error)
+        return grads, h.detach(), loss.detach()
 
     def backward_error(self, k: int, delta_above: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """``e D_k``: the output error sent straight to hidden layer ``k``."""

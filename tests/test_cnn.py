@@ -20,6 +20,7 @@ from experiments.train import build_model, run
 from methods import MethodConfigError, build_method
 from methods.losses import CrossEntropy
 from methods.networks import CNN, build_cnn
+from methods.networks.cnn import ConvBlock
 from methods.numpy_conv import conv_backward, conv_forward, pool_backward
 from tests.conftest import CONF_DIR
 from tests.test_data import write_tiny_cifar, write_tiny_idx
@@ -136,12 +137,28 @@ def test_conv_fa_feedback_kernels_replace_the_weights():
     for got, true in zip(grads[-2:], expected[-2:]):
         torch.testing.assert_close(got, true, rtol=1e-12, atol=1e-15)
     assert not torch.allclose(grads[0], expected[0])
-    # The error reaching layer 1's output is the transposed convolution with B_2 in place of W_2.
-    h1 = model.layers[0](x)
-    delta2 = torch.randn(6, 4, 6, 6, dtype=torch.float64)
-    error = method.conv_output_error(1, delta2, h1, e=None)
-    expected_error = torch.nn.grad.conv2d_input(h1.shape, method.feedback_weights[0], delta2, 1, 1)
-    torch.testing.assert_close(error, expected_error, rtol=1e-12, atol=1e-15)
+    # By hand, layer by layer: the error reaching each layer's output is the transposed map of
+    # the layer above with B in place of W (conv2d_input for a kernel), then local autograd.
+    inputs = [x]
+    for layer in model.layers:
+        inputs.append(layer(inputs[-1]).detach())
+    logits = inputs[-1].requires_grad_(True)
+    (error,) = torch.autograd.grad(CrossEntropy()(logits, y), logits)
+    expected = []
+    for k in range(len(model.layers), 0, -1):
+        layer = model.layers[k - 1]
+        h = inputs[k - 1].detach().requires_grad_(True)
+        a = layer.pre(h)
+        (delta,) = torch.autograd.grad(layer.after_affine(a), a, error)
+        expected = list(torch.autograd.grad(a, list(layer.parameters()), delta)) + expected
+        if k > 1:
+            b = method.feedback_weights[k - 2]
+            if isinstance(layer, ConvBlock):
+                error = torch.nn.grad.conv2d_input(h.shape, b, delta, 1, 1)
+            else:
+                error = (delta @ b).reshape(h.shape)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
 
 
 def test_conv_dfa_projects_the_output_error_onto_each_layer_output():
@@ -368,16 +385,20 @@ def test_cifar10_with_augmentation_end_to_end(make_config, tmp_path):
 
 
 @pytest.mark.parametrize("padding", [0, 2])
-def test_transposed_with_is_autograds_input_gradient_bit_for_bit(padding):
-    """FA's error between layers: the transposed map without the forward product it used to
-    differentiate, giving exactly the values autograd gave."""
+def test_affine_backward_is_autograds_gradients_bit_for_bit(padding):
+    """FA's backward pass through a layer: one call, exactly the values autograd gives for the
+    layer's own parameters and, with another weight, for its input."""
     torch.manual_seed(5)
     model = CNN((1, 11, 11), 10, [3, 4], kernel_size=3, padding=padding, hidden_sizes=[6])
     x = torch.randn(5, 1, 11, 11)
     for layer, h in zip(model.layers[1:], model.forward_layers(x)[:-1]):
         weight = torch.randn_like(layer.affine.weight)
         h = h.detach().requires_grad_(True)
-        out = layer.affine_with(h, weight)
-        delta = torch.randn_like(out)
-        (expected,) = torch.autograd.grad(out, h, delta)
-        assert torch.equal(layer.transposed_with(delta, weight, h.shape), expected)
+        grad = torch.randn_like(layer.pre(h))
+        (expected_dh,) = torch.autograd.grad(layer.affine_with(h, weight), h, grad)
+        expected = torch.autograd.grad(layer.pre(h), list(layer.parameters()), grad)
+        dh, dw, db = layer.affine_backward(grad, h.detach(), weight)
+        assert torch.equal(dh, expected_dh)
+        assert torch.equal(dw, expected[0]) and torch.equal(db, expected[1])
+        assert dw.stride() == expected[0].stride()
+        assert layer.affine_backward(grad, h.detach(), weight, input_grad=False)[0] is None

@@ -11,7 +11,8 @@ layer-local rules need every layer's input, pre-activation and output:
   ``.after_affine(a)`` the rest of the layer (activation, pooling) from it;
 * ``model.layers[i].affine_with(h, weight)``: its convolution or linear map with another weight
   (a feedback kernel ``B`` in place of ``W``: :mod:`methods.feedback_alignment`), and
-  ``.transposed_with(delta, weight, shape)`` that map's transpose applied to an error;
+  ``.affine_backward(grad, h, weight)`` that map's backward pass with ``weight`` carrying the
+  error to ``h``;
 * ``model.forward_layers(x)``: every layer's output, as the MLP's.
 
 The presets (``conf/model/cnn.yaml``, ``conf/model/cnn_vgg.yaml``) are the LeNet-like net and the
@@ -112,22 +113,39 @@ class ConvBlock(nn.Module):
         """The convolution of ``h`` with another kernel ``weight`` (shaped like ``conv.weight``)."""
         return F.conv2d(h, weight, bias, self.conv.stride, self.conv.padding)
 
-    def transposed_with(
-        self, delta: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size
-    ) -> torch.Tensor:
-        """``d(affine_with(h, weight))/dh`` applied to ``delta``: the transposed convolution.
+    def affine_backward(
+        self, grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, input_grad: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The convolution's backward pass, with ``weight`` in place of ``W`` for the input's.
 
         Args:
-            delta: ``(batch, C_out, H_out, W_out)``, an error at the pre-activation.
-            weight: a kernel shaped like ``conv.weight`` (e.g. a feedback kernel ``B``).
-            input_shape: the shape of ``h``, ``(batch, C_in, H, W)``.
+            grad: ``(batch, C_out, H, W)``, an error at the pre-activation ``a = conv(h)``.
+            h: the block's input ``(batch, C_in, H_in, W_in)``.
+            weight: the kernel that carries ``grad`` to ``h``, shaped like ``conv.weight``
+                (``conv.weight`` itself for backprop, a feedback kernel ``B`` for FA).
+            input_grad: whether to compute ``dh`` (not needed below the first layer).
 
         Returns:
-            ``(batch, C_in, H, W)``. The same kernel (``convolution_backward``) autograd runs
-            for ``affine_with``, without its forward convolution: bit-identical, a third cheaper.
+            ``(dh, dW, db)``: ``dh`` ``(batch, C_in, H_in, W_in)`` (``None`` without
+            ``input_grad``) is ``d(affine_with(h, weight))/dh`` applied to ``grad``, the
+            transposed convolution with ``weight``; ``dW`` and ``db`` are the gradients of
+            ``conv(h)`` with respect to ``conv.weight`` and ``conv.bias``. One call of the kernel
+            autograd runs for a convolution (``convolution_backward``, whose weight gradient
+            reads the kernel's shape only), so every value is autograd's, bit for bit.
         """
-        return torch.nn.grad.conv2d_input(
-            input_shape, weight, delta, self.conv.stride, self.conv.padding
+        conv = self.conv
+        return torch.ops.aten.convolution_backward(
+            grad,
+            h,
+            weight,
+            [conv.out_channels],
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            False,  # not a transposed convolution
+            [0, 0],
+            conv.groups,
+            [input_grad, True, True],
         )
 
     def pre(self, h: torch.Tensor) -> torch.Tensor:
@@ -181,21 +199,27 @@ class LinearBlock(nn.Module):
         """``flatten(h) weight^T (+ bias)`` with another matrix shaped like ``linear.weight``."""
         return F.linear(h.flatten(1), weight, bias)
 
-    def transposed_with(
-        self, delta: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size
-    ) -> torch.Tensor:
-        """``d(affine_with(h, weight))/dh`` applied to ``delta``: ``delta weight``, reshaped.
+    def affine_backward(
+        self, grad: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, input_grad: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The linear map's backward pass, with ``weight`` in place of ``W`` for the input's.
 
         Args:
-            delta: ``(batch, out_features)``, an error at the pre-activation.
-            weight: a matrix shaped like ``linear.weight`` ``(out_features, in_features)``.
-            input_shape: the shape of ``h`` (``(batch, in_features)`` or a conv block's output).
+            grad: ``(batch, out_features)``, an error at the pre-activation.
+            h: the layer's input, ``(batch, in_features)`` or a conv block's output.
+            weight: the matrix that carries ``grad`` to ``h``, shaped like ``linear.weight``
+                ``(out_features, in_features)`` (a feedback matrix ``B`` for FA).
+            input_grad: whether to compute ``dh``.
 
         Returns:
-            ``delta @ weight`` shaped ``input_shape``, as autograd computes it for
-            ``affine_with`` (bit-identical, without the forward product).
+            ``(dh, dW, db)``: ``dh = grad weight`` shaped like ``h`` (``None`` without
+            ``input_grad``), ``dW = grad^T flatten(h)`` ``(out_features, in_features)``,
+            ``db = sum_n grad``. The products autograd's ``addmm`` backward runs for a
+            contiguous ``linear.weight`` (``mm_mat1_backward``, ``mm_mat2_backward`` through
+            the transpose), so every value is autograd's, bit for bit.
         """
-        return (delta @ weight).reshape(input_shape)
+        dh = grad.mm(weight).reshape(h.shape) if input_grad else None
+        return dh, grad.t().mm(h.flatten(1)), grad.sum(0)
 
     def pre(self, h: torch.Tensor) -> torch.Tensor:
         """The pre-activation ``a = W flatten(h) + b`` ``(batch, out_features)``."""
