@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from methods import altmin_gradients as gradients
+from methods import autograd_kernels as kernels
 from methods.base import Method, make_optimizer, register_method
 from methods.losses import Loss
 from methods.networks import MLP
@@ -118,7 +119,7 @@ class AlternatingMinimization(Method):
         self.top_code_loss = top_code_loss
         self.optimizer = make_optimizer(model.parameters(), optimizer)
         # Whether the code gradients are written out (faster, same bits) or left to autograd.
-        self._closed_form = gradients.supported(model.activation, loss)
+        self._closed_form = kernels.supported(model.activation, loss)
 
     def forward_codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[c_1^0, ..., c_{L-1}^0]``: the hidden pre-activations, detached, ``(batch, n_l)``."""
@@ -202,8 +203,9 @@ class AlternatingMinimization(Method):
     def _by_autograd(self, objective: Callable[[torch.Tensor], torch.Tensor]) -> Gradient:
         """``(c, forward) -> d objective / dc`` by autograd, ``(batch, n_l) -> (batch, n_l)``.
 
-        The fallback for activations and losses that :mod:`methods.altmin_gradients` does not
-        write out (its gradients are the same bits as these); ``forward`` is ignored.
+        The fallback where :func:`methods.autograd_kernels.supported` is false (the written-out
+        gradients of :mod:`methods.altmin_gradients` are the same bits as these); ``forward`` is
+        ignored.
         """
 
         def by_autograd(c: torch.Tensor, forward: Forward | None = None) -> torch.Tensor:
@@ -300,9 +302,9 @@ class AlternatingMinimization(Method):
                 reuse = i == 0 and first_output is not None
                 output = first_output if reuse else layer(h_in)
                 if i < len(codes):
-                    grad_output = gradients.mse_gradient(output, codes[i])
+                    grad_output = kernels.mse_gradient(output, codes[i])
                 else:
-                    grad_output = gradients.loss_gradient(self.loss, output, y)
+                    grad_output = kernels.loss_gradient(self.loss, output, y)
                 updates.append(
                     gradients.linear_parameter_gradients(grad_output, h_in, layer.weight)
                 )

@@ -10,10 +10,11 @@ gradient with respect to the code ``c`` ``(batch, units)`` of::
 
 Autograd spends most of a step's time on building and walking the graph of these few small
 operations. The functions here call, in the same order, the same ATen backward kernels that
-autograd's nodes call (``mse_loss_backward``, ``threshold_backward``/``tanh_backward``/
-``sigmoid_backward``, ``nll_loss_backward``, ``_log_softmax_backward_data`` and
-``addmm``'s input gradient as in ``mm_mat1_backward``), so the results are the same bits as
-``torch.autograd.grad`` of the objective (tested in ``tests/test_altmin.py``). The objective's
+autograd's nodes call (the activations' and losses' from :mod:`methods.autograd_kernels`:
+``mse_loss_backward``, ``threshold_backward``/``tanh_backward``/``sigmoid_backward``,
+``nll_loss_backward``, ``_log_softmax_backward_data``; and ``addmm``'s input gradient as in
+``mm_mat1_backward``), so the results are the same bits as ``torch.autograd.grad`` of the
+objective (tested in ``tests/test_altmin.py``). The objective's
 value is never needed, so it is not computed. :class:`TopCodeGradient` and
 :class:`LowerCodeGradient` are built once per code and batch, so that each step runs the tensor
 operations only; a step may also be handed the forward products it needs when they exist
@@ -22,89 +23,18 @@ already (the first step, from the codes' forward pass).
 The weight updates (step 3) are written out the same way (:func:`linear_parameter_gradients`).
 
 Only the activations of :data:`methods.networks.ACTIVATIONS` and the losses of
-:mod:`methods.losses` are written out; :func:`supported` says whether a model and loss are, and
-the caller falls back to autograd otherwise.
+:mod:`methods.losses` are written out; :func:`methods.autograd_kernels.supported` says whether a
+model and loss are, and the caller falls back to autograd otherwise.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.losses import IGNORE_INDEX, CrossEntropy, Loss, MeanSquaredError
-from methods.tp_grads import activation_function
-
-_MEAN = 1  # ATen's reduction enum value for "mean"
-_aten = torch.ops.aten
-# The overloads themselves: calling an overload packet (``_aten.mm``) first resolves it.
-_mse_backward_out = _aten.mse_loss_backward.grad_input
-_nll_forward = _aten.nll_loss_forward.default
-_nll_backward = _aten.nll_loss_backward.default
-
-# Activation module type -> its autograd backward, from (grad, output).
-_ACTIVATION_BACKWARD: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
-_ACTIVATION_BACKWARD = {
-    nn.ReLU: lambda grad, out: _aten.threshold_backward.default(grad, out, 0),
-    nn.Tanh: _aten.tanh_backward.default,
-    nn.Sigmoid: _aten.sigmoid_backward.default,
-    nn.Identity: lambda grad, out: grad,
-}
-
-
-def supported(activation: nn.Module, loss: Loss) -> bool:
-    """Whether the code gradients of ``activation`` and ``loss`` are written out here."""
-    plain_relu = not isinstance(activation, nn.ReLU) or not activation.inplace
-    return type(activation) in _ACTIVATION_BACKWARD and plain_relu and type(loss) in _LOSSES
-
-
-def _mse_backward(grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    # ATen's functional mse_loss_backward zero-fills its result before the kernel overwrites
-    # every element; the out= form into an empty tensor is the same kernel without the fill.
-    result = torch.empty_like(output, memory_format=torch.contiguous_format)
-    return _mse_backward_out(grad, output, target, _MEAN, grad_input=result)
-
-
-def _cross_entropy_backward(
-    grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor
-) -> torch.Tensor:
-    # F.cross_entropy is log_softmax then nll_loss (ATen's cross_entropy_loss); the backward
-    # needs nll_loss's total weight, which only its forward returns.
-    log_probs = torch._log_softmax(output, 1, False)
-    total_weight = _nll_total_weight(log_probs, target)
-    return _cross_entropy_from_log_probs(grad, log_probs, target, total_weight)
-
-
-def _nll_total_weight(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """nll_loss's total weight (the count of scored targets): a function of ``target`` only."""
-    return _nll_forward(log_probs, target, None, _MEAN, IGNORE_INDEX)[1]
-
-
-def _cross_entropy_from_log_probs(
-    grad: torch.Tensor, log_probs: torch.Tensor, target: torch.Tensor, total_weight: torch.Tensor
-) -> torch.Tensor:
-    grad = _nll_backward(grad, log_probs, target, None, _MEAN, IGNORE_INDEX, total_weight)
-    return torch._log_softmax_backward_data(grad, log_probs, 1, log_probs.dtype)
-
-
-# Loss type -> d loss / d output, from (grad of the loss, output (batch, outputs), target).
-_LOSSES: dict[type[Loss], Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    CrossEntropy: _cross_entropy_backward,
-    MeanSquaredError: _mse_backward,
-}
-
-
-def loss_gradient(loss: Loss, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``d L(output, target) / d output`` ``(batch, outputs)`` for a loss of :func:`supported`."""
-    one = torch.ones((), dtype=output.dtype, device=output.device)
-    return _LOSSES[type(loss)](one, output, target)
-
-
-def mse_gradient(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``d mse(output, target) / d output`` (``F.mse_loss``, mean over all elements)."""
-    return _mse_backward(torch.ones((), dtype=output.dtype, device=output.device), output, target)
+from methods import autograd_kernels as kernels
+from methods.losses import CrossEntropy, Loss
 
 
 @torch.no_grad()
@@ -148,8 +78,8 @@ class _CodeGradient:
     def __init__(self, code0: torch.Tensor, layer: nn.Linear, activation: nn.Module) -> None:
         self.code0 = code0
         self.weight, self.bias = layer.weight, layer.bias
-        self.activation = activation_function(activation)  # the function, not the module
-        self.activation_backward = _ACTIVATION_BACKWARD[type(activation)]
+        self.activation = kernels.activation_function(activation)  # the function, not the module
+        self.activation_backward = kernels.backward_from_output(activation)
         self.one = torch.ones((), dtype=code0.dtype, device=code0.device)  # autograd.grad's seed
 
     def forward(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +125,7 @@ class TopCodeGradient(_CodeGradient):
         one = self.one
         self.grad_loss, self.grad_mismatch = (one / mu, one) if scaled_loss else (one, one * mu)
         self.cross_entropy = type(loss) is CrossEntropy
-        self.loss_backward = _LOSSES[type(loss)]
+        self.loss_backward = kernels.loss_backward(loss)
         self.total_weight: torch.Tensor | None = None  # nll_loss's, from the first call
 
     def __call__(
@@ -208,16 +138,16 @@ class TopCodeGradient(_CodeGradient):
         """
         hidden, output = forward if forward is not None else self.forward(code)
         if self.cross_entropy:
-            log_probs = torch._log_softmax(output, 1, False)
+            log_probs = kernels.log_softmax(output)
             if self.total_weight is None:
-                self.total_weight = _nll_total_weight(log_probs, self.target)
-            grad_output = _cross_entropy_from_log_probs(
+                self.total_weight = kernels.nll_forward(log_probs, self.target)[1]
+            grad_output = kernels.cross_entropy_from_log_probs(
                 self.grad_loss, log_probs, self.target, self.total_weight
             )
         else:
             grad_output = self.loss_backward(self.grad_loss, output, self.target)
         through = self.through_layer(grad_output, hidden)
-        return through.add_(_mse_backward(self.grad_mismatch, code, self.code0))
+        return through.add_(kernels.mse_backward(self.grad_mismatch, code, self.code0))
 
 
 class LowerCodeGradient(_CodeGradient):
@@ -244,6 +174,6 @@ class LowerCodeGradient(_CodeGradient):
         the layer above); computed here otherwise.
         """
         hidden, output = forward if forward is not None else self.forward(code)
-        grad_output = _mse_backward(self.one, output, self.above)
+        grad_output = kernels.mse_backward(self.one, output, self.above)
         through = self.through_layer(grad_output, hidden)
-        return through.add_(_mse_backward(self.one, code, self.code0))
+        return through.add_(kernels.mse_backward(self.one, code, self.code0))

@@ -50,11 +50,11 @@ from typing import Annotated, Any
 
 import torch
 
+from methods.autograd_kernels import activation_backward, has_closed_form
 from methods.base import Method, make_optimizer, register_method
 from methods.losses import Loss
 from methods.networks import CNN, MLP
 from methods.options import OneOf, OptimizerConfig
-from methods.tp_grads import activation_backward, has_closed_form
 
 FEEDBACK = ("random", "symmetric")
 

@@ -61,6 +61,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.autograd_kernels import (
+    activation_backward,
+    activation_function,
+    has_closed_form,
+    loss_and_output_grad,
+)
 from methods.base import Method, MethodConfigError, make_optimizer, register_method
 from methods.losses import Loss
 from methods.networks import MLP
@@ -69,16 +75,7 @@ from methods.networks import MLP
 from methods.networks.cnn import CNN, CNN_ACTIVATIONS, ConvBlock
 from methods.options import Bounds, OneOf, OptimizerConfig
 from methods.tp_feedback import ConvFeedback, LinearFeedback
-from methods.tp_grads import (
-    activation_backward,
-    activation_function,
-    difference_grad,
-    distance_grad,
-    has_closed_form,
-    linear_grads,
-    linear_input_grad,
-    loss_and_output_grad,
-)
+from methods.tp_grads import difference_grad, distance_grad, linear_grads, linear_input_grad
 
 SCHEDULES = ("per_batch", "alternating")
 INVERSE_INITS = ("orthogonal", "default")

@@ -7,19 +7,11 @@ import torch
 from torch import nn
 
 from methods import build_method
-from methods.losses import IGNORE_INDEX, CrossEntropy, MeanSquaredError
+from methods.autograd_kernels import activation_backward
+from methods.losses import CrossEntropy
 from methods.networks import MLP
 from methods.target_propagation import squared_distance
-from methods.tp_grads import (
-    activation_backward,
-    activation_function,
-    difference_grad,
-    distance_grad,
-    has_closed_form,
-    linear_grads,
-    linear_input_grad,
-    loss_and_output_grad,
-)
+from methods.tp_grads import difference_grad, distance_grad, linear_grads, linear_input_grad
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 DTYPES = [torch.float32, torch.float64]
@@ -63,58 +55,6 @@ def test_linear_input_gradient_matches_autograd(dtype):
     assert torch.equal(weight, expected[1]) and torch.equal(bias, expected[2])
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("loss_name", ["cross_entropy", "ignored_targets", "mse"])
-def test_written_out_loss_gradient_is_autograds_bit_for_bit(loss_name, dtype):
-    """(L, dL/do) of loss_and_output_grad against loss(o, y) and autograd.grad, torch.equal."""
-    torch.manual_seed(4)
-    output = torch.randn(13, 6, dtype=dtype) * 3
-    if loss_name == "mse":
-        loss, target = MeanSquaredError(), torch.randn(13, 6, dtype=dtype)
-    else:
-        loss, target = CrossEntropy(), torch.randint(0, 6, (13,))
-        if loss_name == "ignored_targets":
-            target[::4] = IGNORE_INDEX  # the mean is over the scored examples only
-    leaf = output.clone().requires_grad_(True)
-    expected = loss(leaf, target)
-    (expected_grad,) = torch.autograd.grad(expected, [leaf])
-    value, grad = loss_and_output_grad(loss, output, target)
-    assert value.shape == () and torch.equal(value, expected.detach())
-    assert torch.equal(grad, expected_grad)
-    # Against the hand formula too: (softmax - onehot) / batch, or 2 (o - t) / numel.
-    if loss_name == "cross_entropy":
-        hand = (output.softmax(1) - nn.functional.one_hot(target, 6).to(dtype)) / 13
-    elif loss_name == "mse":
-        hand = 2 * (output - target) / output.numel()
-    else:
-        return
-    torch.testing.assert_close(grad, hand)
-
-
-def test_other_losses_and_shapes_are_left_to_autograd():
-    class Scaled(CrossEntropy):  # a subclass may change the loss: not written out
-        def __call__(self, output, target):
-            return 2 * super().__call__(output, target)
-
-    output = torch.randn(4, 3)
-    assert loss_and_output_grad(Scaled(), output, torch.tensor([0, 1, 2, 0])) is None
-    assert loss_and_output_grad(CrossEntropy(), output, torch.rand(4, 3)) is None  # soft labels
-    assert loss_and_output_grad(MeanSquaredError(), output, torch.randn(4, 1)) is None  # broadcast
-    steps = torch.randn(4, 2, 3)  # per-step outputs
-    assert loss_and_output_grad(CrossEntropy(), steps, torch.zeros(4, 2, dtype=torch.long)) is None
-
-
-@pytest.mark.parametrize("act_name", [*sorted(ACTIVATIONS), "elu"])
-def test_activation_function_gives_the_modules_values(act_name):
-    module = nn.ELU() if act_name == "elu" else ACTIVATIONS[act_name]()
-    x = torch.randn(5, 7)
-    function = activation_function(module)
-    assert (function is module) == (act_name == "elu")  # ELU: the module itself
-    assert torch.equal(function(x), module(x))
-    inplace = nn.ReLU(inplace=True)
-    assert activation_function(inplace) is inplace
-
-
 def test_difference_grad_is_distance_grads():
     output, target = torch.randn(9, 4), torch.randn(9, 4)
     d, grad = distance_grad(output, target, 2.7)
@@ -122,11 +62,7 @@ def test_difference_grad_is_distance_grads():
     assert torch.equal(grad, d * (2 * torch.tensor(2.7) / 9))
 
 
-def test_elu_and_unknown_activations_take_the_autograd_path():
-    assert has_closed_form(None) and has_closed_form(nn.Tanh())
-    assert not has_closed_form(nn.ELU())
-    with pytest.raises(TypeError, match="ELU"):
-        activation_backward(nn.ELU(), torch.ones(2, 2), torch.ones(2, 2))
+def test_an_elu_inverse_takes_the_autograd_path():
     model = MLP(5, [6, 6], 3)
     adam = {"_target_": "torch.optim.Adam", "lr": 1e-3}
     elu = build_method(
@@ -212,7 +148,7 @@ def test_forward_update_equals_autograd_of_the_local_losses(name, act_name, opti
         expected = torch.autograd.grad(CrossEntropy()(head(h_top), y), [h_top, head.weight])
         assert torch.equal(head.weight.grad, expected[1])
         assert torch.equal(top, (h_top - method.target_stepsize * expected[0]).detach())
-    else:  # o_hat = o - eta dL/do, dL/do written out (tp_grads.loss_and_output_grad)
+    else:  # o_hat = o - eta dL/do, dL/do written out (autograd_kernels.loss_and_output_grad)
         output = h[-1].clone().requires_grad_(True)
         (expected,) = torch.autograd.grad(CrossEntropy()(output, y), [output])
         assert torch.equal(top, (output - method.target_stepsize * expected).detach())
