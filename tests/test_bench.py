@@ -152,6 +152,13 @@ def test_quick_run_writes_the_table(tmp_path, capsys):
         jobs_by_group["methods"]
     )
     assert {"tbptt", "dni_rnn"} <= jobs_by_group["methods"]
+    for line in table:  # the FLOP floor: methods against our backprop (or bptt), not NumPy's
+        counted = line["group"] in ("methods", "official") and line["job"] != "numpy_backprop"
+        assert (line["flop_ratio"] != "") == counted, (line["job"], line["flop_ratio"])
+        if line["job"] == "fa":  # B_l has W_l's shape: exactly backprop's products
+            assert float(line["flop_ratio"]) == 1.0
+        if line["job"] == "dtp":  # the inverses' products on top of backprop's
+            assert float(line["flop_ratio"]) > 1.0
     cnn_jobs = {line["job"] for line in table if " cnn " in line["case"]}
     assert cnn_jobs == set(bench.cases.CNN_METHODS) - {"backprop"}
     markdown = (tmp_path / "bench.md").read_text()
@@ -159,6 +166,8 @@ def test_quick_run_writes_the_table(tmp_path, capsys):
         assert f"- {field}: " in markdown
     assert markdown.count("\n| ") == len(rows) + 1  # the header row, then one row per job
     assert "| epoch time / backprop's |" in (tmp_path / "summary.md").read_text()
+    assert "(floor 1.00)" in (tmp_path / "summary.md").read_text()  # fa's cells
+    assert "| FLOP floor |" in markdown
 
 
 def test_unknown_group_is_one_line(capsys):
@@ -193,15 +202,15 @@ def test_methods_option_needs_a_method(capsys):
 
 
 def test_summary_puts_each_median_in_its_method_and_network_cell():
-    def row(group, case, job, reference, median, measure="time"):
-        return bench.report.Row(group, case, job, reference, measure, median, 0, 0, 5, 1.0)
+    def row(group, case, job, reference, median, measure="time", floor=None):
+        return bench.report.Row(group, case, job, reference, measure, median, 0, 0, 5, 1.0, floor)
 
     rows = [
         row("harness", "mnist1d 40-256-10 b100 (4000 ex)", "harness (fit, backprop)", "bare", 1.01),
         row("flops", "fashion_mnist wide", "training step", "matmul", 0.975, "flops"),
         row("methods", "mnist1d 40-256-10 b100 (4000 ex)", "dtp", "backprop", 2.345),
         row("methods", "fashion_mnist cnn b100 (1000 ex)", "dtp", "backprop", 2.75),
-        row("methods", "fashion_mnist cnn b100 (1000 ex)", "ldrl", "backprop", 9.9),
+        row("methods", "fashion_mnist cnn b100 (1000 ex)", "ldrl", "backprop", 9.9, floor=13.514),
         row(
             "official", "dtp: fashion_mnist 784-256-10, tanh b128 (3840 ex)", "dtp", "backprop", 2.3
         ),
@@ -219,5 +228,6 @@ def test_summary_puts_each_median_in_its_method_and_network_cell():
     assert "- wide net's training step: 98% of the measured GEMM FLOP/s" in text
     assert "| epoch time / backprop's | MLP, mnist1d | CNN, fashion_mnist |" in text
     assert "| dtp | 2.35 | 2.75 |" in text
-    assert "| ldrl |  | 9.90 |" in text
+    assert "| ldrl |  | 9.90 (floor 13.51) |" in text
+    assert bench.report.FLOOR_NOTE in text
     assert "| dtp: fashion_mnist 784-256-10, tanh b128 | 2.30 | 0.60 |" in text

@@ -3,7 +3,8 @@
 Runs the cases of :mod:`experiments.bench.cases` (all, or the groups named by ``--only``: letters
 ``a``-``e`` or names ``harness``, ``methods``, ``flops``, ``official``, ``official-code``;
 ``--methods`` keeps only the rows of those methods, each still against its case's reference),
-prints each row as it is measured, and writes ``bench.csv`` and ``bench.md`` into ``--out``.
+prints each row as it is measured (with its FLOP floor, :mod:`experiments.bench.flops`), and writes
+``bench.csv``, ``bench.md`` and ``summary.md`` into ``--out``.
 Group ``official-code`` runs the official implementations themselves and needs their checkouts
 (``--official-root DIR`` or the ``BENCH_OFFICIAL_ROOT`` variable); without them it is skipped
 with one line. Exit status 2, with one line, for a bad option.
@@ -56,6 +57,9 @@ def run_case(
 ) -> list[report.Row]:
     """Time one case's jobs interleaved and summarise each against the reference.
 
+    Each timed method's FLOP floor (:attr:`cases.Comparison.step_flops`) is counted first, once;
+    a count of 0 (a step computed outside torch, e.g. NumPy's) gives no floor.
+
     ``methods``: time only these methods' jobs beside the reference (all when ``None``); a case
     with none of them is skipped (no rows).
     """
@@ -68,6 +72,8 @@ def run_case(
     if len(chosen) < 2:
         return []
     comparison.jobs = chosen
+    # Counted once, before and outside the timed rounds, on copies of the timed methods.
+    counted = {job: count() for job, count in comparison.step_flops.items() if job in chosen}
     times = timing.interleaved_times(comparison.jobs, rounds, clock)
     ratios = timing.per_round_ratios(times, comparison.reference)
     reference_seconds = float(np.median(times[comparison.reference]))
@@ -79,6 +85,9 @@ def run_case(
             scale = comparison.flops[job] / comparison.flops[comparison.reference]
             values, measure = scale / values, "flops"
         summary = timing.summarize(values)
+        floor = None
+        if measure == "time" and counted.get(job) and counted.get(comparison.reference):
+            floor = counted[job] / counted[comparison.reference]
         rows.append(
             report.Row(
                 case.group,
@@ -91,6 +100,7 @@ def run_case(
                 summary.q3,
                 summary.rounds,
                 reference_seconds,
+                floor,
             )
         )
     return rows
@@ -154,9 +164,11 @@ def main(argv: Sequence[str] | None = None) -> list[report.Row]:
                 continue
             for row in run_case(case, args.rounds or case.rounds, clock, methods):
                 rows.append(row)
+                floor = "" if row.flop_ratio is None else f", FLOP floor {row.flop_ratio:.2f}"
                 print(
                     f"{row.group:8} {row.case:48} {row.job:24} / {row.reference:16} "
-                    f"{row.median:7.3f} (IQR {row.q1:.3f}-{row.q3:.3f}, {row.rounds} rounds)",
+                    f"{row.median:7.3f} (IQR {row.q1:.3f}-{row.q3:.3f}, {row.rounds} rounds"
+                    f"{floor})",
                     flush=True,
                 )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.bench import jobs
+from omegaconf import DictConfig
+
+from experiments.bench import flops, jobs
 from experiments.bench.timing import Job
 from experiments.data import Dataset
 
@@ -33,11 +35,16 @@ class Comparison:
         reference: the job every other is divided by.
         flops: FLOPs per call for jobs compared by FLOP/s instead of time: the reported value
             of such a job is ``(flops[job] / t_job) / (flops[reference] / t_reference)``.
+        step_flops: job -> a callable counting the matrix-product FLOPs of one training step
+            of that job's method (:func:`count_step`), for the FLOP floor reported beside a
+            time ratio; called once, before the timed rounds, only for the jobs timed. Jobs
+            without one (the harness, the official code) get no floor.
     """
 
     jobs: dict[str, Job]
     reference: str
     flops: dict[str, float] = field(default_factory=dict)
+    step_flops: dict[str, Callable[[], int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,21 @@ class Shapes:
             width *= d
         layers = "-".join(str(s) for s in (width, *self.hidden, 10)) if model == "mlp" else model
         return f"{self.data} {layers}{extra} b{self.batch} ({self.n_train} ex)"
+
+
+def count_step(cfg: DictConfig, data: Dataset, batch: int) -> Callable[[], int]:
+    """A counter of one training step's matrix-product FLOPs for the method of ``cfg``.
+
+    When called, it builds a second copy of the method (same config and seed as the timed
+    one, which it leaves untouched), and returns :func:`flops.step_flops` on the first
+    ``batch`` training examples of ``data``.
+    """
+
+    def count() -> int:
+        method = jobs.build_from_config(cfg, data)
+        return flops.step_flops(method, data.x_train[:batch], data.y_train[:batch])
+
+    return count
 
 
 def _overrides(shapes: Shapes, method: str, model: str = "mlp", *extra: str) -> list[str]:
@@ -131,16 +153,20 @@ def methods_case(
     """Each method's harness epoch against ``reference``'s, same data, batches and network.
 
     Every method is composed from the configs with ``extra`` overrides, as a run would be.
+    Each gets a FLOP counter (:func:`count_step`) but the NumPy ones (:data:`NUMPY_METHODS`),
+    whose updates torch does not see.
     """
 
     def build() -> Comparison:
         data = shapes.dataset()
-        built = {}
+        built, counters = {}, {}
         for name in methods:
             cfg = jobs.compose_config(_overrides(shapes, name, model, *extra))
             method = jobs.build_from_config(cfg, data)
             built[name] = jobs.harness_epoch(method, data, shapes.batch, cfg.train.eval_batch_size)
-        return Comparison(jobs=built, reference=reference)
+            if name not in NUMPY_METHODS:  # NumPy's products are invisible to torch's dispatcher
+                counters[name] = count_step(cfg, data, shapes.batch)
+        return Comparison(jobs=built, reference=reference, step_flops=counters)
 
     return Case(group, shapes.label(model, label), rounds, build, tuple(methods))
 
@@ -369,7 +395,7 @@ def _official_case(
 
     def build() -> Comparison:
         data = shapes.dataset()
-        built = {}
+        built, counters = {}, {}
         for name in methods:
             # method.* overrides are for the compared method: backprop has no such options, and
             # cdni keeps its default linear modules (the paper's for cDNI), not their size.
@@ -382,7 +408,8 @@ def _official_case(
             method = jobs.build_from_config(cfg, data)
             job = f"{name} (linear)" if name == "cdni" else name
             built[job] = jobs.harness_epoch(method, data, shapes.batch, cfg.train.eval_batch_size)
-        return Comparison(jobs=built, reference="backprop")
+            counters[job] = count_step(cfg, data, shapes.batch)
+        return Comparison(jobs=built, reference="backprop", step_flops=counters)
 
     tag = ", synthesiser 256 after layer 2" if what == "dni" else ""
     tag += ", tanh" if what == "dtp" else ""

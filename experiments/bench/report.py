@@ -28,6 +28,7 @@ COLUMNS = (
     "q3",
     "rounds",
     "reference_seconds",
+    "flop_ratio",
 )
 
 
@@ -47,6 +48,10 @@ class Row:
         q3: their 75th percentile.
         rounds: number of rounds.
         reference_seconds: median time of one call of the reference job, seconds of the clock.
+        flop_ratio: the floor beside a ``time`` ratio: matrix-product FLOPs of one training
+            step of the job's method / the reference's (:mod:`experiments.bench.flops`, counted
+            once, not timed); ``None`` (an empty CSV cell) where the jobs are not methods
+            (harness, FLOP rate, the official code) or the step is not counted (NumPy).
     """
 
     group: str
@@ -59,6 +64,22 @@ class Row:
     q3: float
     rounds: int
     reference_seconds: float
+    flop_ratio: float | None = None
+
+
+FLOOR_NOTE = (
+    "FLOP floor: matrix-product FLOPs of one training step of the job's method / the "
+    "reference's, counted exactly (experiments/bench/flops.py: mm, addmm, bmm, convolutions, "
+    "forward and backward; not LAPACK, elementwise work or the optimiser), so a lower bound on "
+    "the ratio of work, not of time."
+)
+
+
+def _cell(row: Row) -> str:
+    """A summary cell: the median, and its FLOP floor when there is one (``2.10 (floor 2.17)``)."""
+    if row.flop_ratio is None:
+        return f"{row.median:.2f}"
+    return f"{row.median:.2f} (floor {row.flop_ratio:.2f})"
 
 
 def cpu_model() -> str:
@@ -96,19 +117,22 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
 
 
 def markdown(rows: Sequence[Row], header: Mapping[str, str]) -> str:
-    """The table as Markdown, after a line per header field."""
+    """The table as Markdown, after a line per header field, then the FLOP floor's note."""
     lines = [f"- {key}: {value}" for key, value in header.items()]
     lines += [
         "",
-        "| group | case | job | / reference | median | IQR | rounds | reference s |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        "| group | case | job | / reference | median | FLOP floor | IQR | rounds | reference s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         reference = row.reference if row.measure == "time" else f"{row.reference} (FLOP/s)"
+        floor = "" if row.flop_ratio is None else f"{row.flop_ratio:.3g}"
         lines.append(
-            f"| {row.group} | {row.case} | {row.job} | {reference} | {row.median:.3g} "
+            f"| {row.group} | {row.case} | {row.job} | {reference} | {row.median:.3g} | {floor} "
             f"| {row.q1:.3g}-{row.q3:.3g} | {row.rounds} | {row.reference_seconds:.3g} |"
         )
+    if any(row.flop_ratio is not None for row in rows):
+        lines += ["", FLOOR_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -133,7 +157,8 @@ def summary_markdown(rows: Sequence[Row], header: Mapping[str, str]) -> str:
     One line for the harness and the FLOP rate, a method x network table of the ``methods``
     group (epoch time / the case's reference: backprop, or bptt for the RNN), the ``official``
     shapes (ours / our backprop) and the ``official-code`` rows (ours / the official code).
-    Groups absent from ``rows`` are left out.
+    A ratio with a FLOP floor reads ``2.10 (floor 2.17)``, and a note under the tables says
+    what the floor counts. Groups absent from ``rows`` are left out.
     """
     machine_line = ", ".join(f"{key} {value}" for key, value in header.items())
     lines = [
@@ -152,7 +177,7 @@ def summary_markdown(rows: Sequence[Row], header: Mapping[str, str]) -> str:
         columns = list(dict.fromkeys(_column(r.case) for r in methods))
         cells: dict[str, dict[str, str]] = {}
         for r in methods:
-            cells.setdefault(r.job, {})[_column(r.case)] = f"{r.median:.2f}"
+            cells.setdefault(r.job, {})[_column(r.case)] = _cell(r)
         lines += ["", "| epoch time / backprop's | " + " | ".join(columns) + " |"]
         lines.append("|---|" + "---:|" * len(columns))
         for job, row in cells.items():
@@ -169,7 +194,9 @@ def summary_markdown(rows: Sequence[Row], header: Mapping[str, str]) -> str:
             if r.group == "official-code" and precision.startswith("float"):
                 key += f" (theirs in {precision})"  # DTP's code is timed in both precisions
             slot = 0 if r.group == "official" else 1
-            ours.setdefault(key, ["", ""])[slot] = f"{r.median:.2f}"
+            ours.setdefault(key, ["", ""])[slot] = _cell(r)
         for key, (vs_backprop, vs_official) in ours.items():
             lines.append(f"| {key} | {vs_backprop} | {vs_official} |")
+    if any(r.flop_ratio is not None for r in rows):
+        lines += ["", FLOOR_NOTE]
     return "\n".join(lines) + "\n"
