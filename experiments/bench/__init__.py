@@ -11,5 +11,14 @@ grouped as in issue 16:
 * ``c`` / ``flops``: the wide net's training step's FLOP/s against ``torch.matmul``'s;
 * ``d`` / ``official``: each method against backprop on the official implementations' shapes.
 
-The tables (:mod:`experiments.bench.report`) go to ``reports/bench/bench.{csv,md}``.
+Beside each method's time ratio goes its FLOP floor: the matrix-product FLOPs of one training
+step over the reference's, counted exactly (:mod:`experiments.bench.flops`). The tables
+(:mod:`experiments.bench.report`) go to ``reports/bench/bench.{csv,md}`` and ``summary.md``.
+
+Other submodules: :mod:`~experiments.bench.jobs` (the timed units of work),
+:mod:`~experiments.bench.timing` (interleaved rounds), :mod:`~experiments.bench.official` and
+:mod:`~experiments.bench.official_accuracy` (the official implementations),
+:mod:`~experiments.bench.profile` (``python -m experiments.bench.profile``: where a method's time
+goes) and :mod:`~experiments.bench.fingerprint` (``python -m experiments.bench.fingerprint``:
+one SHA-256 per seeded tiny run of every method, to check that a change keeps every bit).
 """

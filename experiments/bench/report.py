@@ -70,8 +70,8 @@ class Row:
 FLOOR_NOTE = (
     "FLOP floor: matrix-product FLOPs of one training step of the job's method / the "
     "reference's, counted exactly (experiments/bench/flops.py: mm, addmm, bmm, convolutions, "
-    "forward and backward; not LAPACK, elementwise work or the optimiser), so a lower bound on "
-    "the ratio of work, not of time."
+    "forward and backward; not LAPACK, elementwise work or the optimiser): the time ratio tends "
+    "to it where matrix products dominate both steps, but it bounds work, not time."
 )
 
 
