@@ -60,21 +60,23 @@ OUTPUTS = 3
 CLOCK_METRICS = ("epoch_seconds", "samples_per_second")
 
 MLP_ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
-CNN_ACTIVATIONS = ("elu", "tanh")
+CNN_ACTIVATIONS = ("elu", "tanh", "relu")
 CNN_POOLS = ("max", "avg", "none")
 RNN_CELLS = ("rnn", "gru", "lstm")
 LOSSES = ("ce", "mse")
 DTYPES = ("float32", "float64")
 
-# Method options with code paths of their own, each run on the MLP grid's first configurations
-# (or, for altmin's two top-code losses, on the whole MLP grid, as the kernels' check did).
+# Method options with code paths of their own, each run on the first configurations of a
+# network's grid, or on all of them (``-all``: altmin's second top-code loss on the MLP, FA's
+# symmetric feedback on the CNN, as the checks of the kernels and FA-CNN branches did).
 VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "altmin": [("mlp-all", {"top_code_loss": "scaled_mismatch"})],
     "dtp": [
+        ("mlp", {"inverse_activation": "relu"}),
         ("mlp", {"top_target_layer": "output", "inverse_activation": "relu"}),
         ("mlp", {"schedule": "alternating"}),
     ],
-    "fa": [("mlp", {"feedback": "symmetric"}), ("cnn", {"feedback": "symmetric"})],
+    "fa": [("mlp", {"feedback": "symmetric"}), ("cnn-all", {"feedback": "symmetric"})],
     "hsic": [("mlp", {"estimator": "biased"}), ("mlp", {"median_heuristic": True})],
 }
 
@@ -127,8 +129,7 @@ def grid(methods: Sequence[str] | None = None) -> list[Config]:
 
     Every method gets every network's configurations (those it refuses end up skipped, with
     its reason), then its :data:`VARIANTS`, run on the MLP's first two configurations (relu,
-    cross-entropy, float32 and float64) or, for ``mlp-all``, on the whole MLP grid; the CNN
-    variants on the CNN's first configuration.
+    cross-entropy, float32 and float64) or the CNN's first, or (``-all``) on the whole grid.
 
     Raises:
         ValueError: naming an unregistered method.
