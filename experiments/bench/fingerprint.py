@@ -318,7 +318,7 @@ def run(configs: Sequence[Config], out: TextIO | None = None) -> dict[str, str]:
     """:func:`fingerprint` of each configuration, printing one line each; name -> value.
 
     A method's run of configurations of one network skipped for one reason prints one line
-    (``bptt mlp: 16 configurations skipped: ...``); the values keep every configuration.
+    (``bptt mlp: 16 configurations: skipped: ...``); the values keep every configuration.
     ``out``: where the lines go (default: the standard output at call time).
     """
     out = sys.stdout if out is None else out
@@ -379,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
                 saved = json.loads(args.against.read_text())
             except (OSError, ValueError) as error:
                 raise ValueError(f"--against: cannot read {args.against}: {error}") from None
+            if not isinstance(saved, dict):
+                raise ValueError(f"--against: {args.against} is not a JSON object of --out")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
