@@ -112,7 +112,10 @@ class AlternatingMinimization(Method):
     ) -> None:
         super().__init__(model, loss)
         self.require_model(
-            MLP, "mlp", why="codes for conv layers (and their pooling) are not implemented"
+            MLP,
+            "mlp",
+            why="codes are written out for fully connected layers only (not for conv layers "
+            "and their pooling, nor for recurrent cells)",
         )
         self.mu, self.code_steps, self.code_lr = mu, code_steps, code_lr
         self.code_momentum = code_momentum

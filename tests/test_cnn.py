@@ -220,7 +220,7 @@ def test_conv_hsic_updates_each_layer_from_its_own_objective():
 @pytest.mark.parametrize(
     ("name", "options", "why"),
     [
-        ("altmin", {}, "codes for conv layers"),
+        ("altmin", {}, "not for conv layers"),
         ("bptt", {}, "needs model=rnn"),
     ],
 )
