@@ -208,11 +208,12 @@ class HSICBottleneck(Method):
         objective, hsic = estimates
         if not formatting:
             # One backward pass for all layers: each layer's objective depends on its own
-            # parameters only (detached inputs), so the sum's gradient with respect to them is
-            # that objective's, computed with the same operations.
-            params = self.hidden_parameters
-            for param, grad in zip(params, torch.autograd.grad(objective.sum(), params)):
-                param.grad = grad
+            # parameters only (detached inputs), so the gradient of their sum (a weight of 1
+            # each) with respect to them is that objective's, computed with the same
+            # operations. The .grad are None (zero_grad): backward stores the gradients.
+            torch.autograd.backward(
+                objective, torch.ones_like(objective), inputs=self.hidden_parameters
+            )
         with torch.no_grad():
             self._vote(features.argmax(dim=1), y)
         head = self.model.layers[-1]
