@@ -131,21 +131,27 @@ def _label_form(
     ``a 1 1^T + (1 - a) Y Y^T`` and ``H K H = (1 - a) Y_c Y_c^T`` with ``Y_c = H Y``
     ``(m, classes)``: of rank at most ``classes``. Then (push-through identity)
     ``S = H K H (H K H + c I)^-1 = Y_c G Y_c^T`` with the ``(classes, classes)``
-    ``G = (1 - a) ((1 - a) Y_c^T Y_c + c I)^-1 = (Y_c^T Y_c + c / (1 - a) I)^-1``, instead of an
-    ``(m, m)`` inverse; biased: ``G = (1 - a) / (m - 1) I``. ``1 - a`` is computed as
-    ``-expm1(-2 scale)``, more accurate than from the kernel's entries near 1 (the autograd
-    path's rounding).
+    ``G = (Y_c^T Y_c + r I)^-1``, ``r = c / (1 - a)``; biased: ``G = (1 - a) / (m - 1) I``.
+    ``1 - a`` is computed as ``-expm1(-2 scale)``, more accurate than from the kernel's entries
+    near 1 (the autograd path's rounding).
+
+    ``G`` in closed form, without a factorisation: with the class counts ``n``,
+    ``Y_c^T Y_c = diag(n) - n n^T / m``, and by the Sherman-Morrison formula, with
+    ``D = diag(1 / (n + r))``, ``G = D + D n n^T D / (m - n^T D n)``; since ``Y_c D n = -r Y_c D 1``
+    and ``m - n^T D n = r n^T D 1``, ``S = Y_c D Y_c^T + r u u^T / (n^T D 1)`` with
+    ``u = Y_c D 1``: no cancellation, and defined for any ``r > 0``.
     """
-    m, classes = onehot.shape
+    m = onehot.shape[0]
     spread = -math.expm1(-2.0 * scale)
-    centered = torch.sub(onehot, onehot.sum(dim=0, keepdim=True), alpha=1.0 / m)
+    counts = onehot.sum(dim=0)
+    centered = torch.sub(onehot, counts, alpha=1.0 / m)
     if options.estimator == "biased":
         return torch.mm(centered * (spread / max(m - 1, 1)), centered.T, out=out)
-    gram = centered.T @ centered
-    gram.diagonal().add_(options.epsilon * m / spread)
-    factor, info = torch.linalg.cholesky_ex(gram)
-    inverse = torch.linalg.inv(gram) if _failed(info) else torch.cholesky_inverse(factor)
-    return torch.mm(centered @ inverse, centered.T, out=out)
+    ridge = options.epsilon * m / spread
+    inverse = counts.add(ridge).reciprocal_()
+    projection = torch.mm(centered * inverse, centered.T, out=out)
+    u = centered @ inverse
+    return projection.addr_(u, u / counts.dot(inverse), alpha=ridge)
 
 
 def _distance_backward(grad_distance: torch.Tensor, z: torch.Tensor, factor: float) -> torch.Tensor:
