@@ -112,12 +112,18 @@ def _prepare(
         return None
     c = options.epsilon * m
     centered.diagonal(dim1=1, dim2=2).add_(c)
-    factor, info = torch.linalg.cholesky_ex(centered)
+    # The upper factor (M = U^T U): MKL's upper-triangle Cholesky and inverse of torch's
+    # column-major copy run about a quarter faster than the lower ones at m = 100.
+    factor, info = torch.linalg.cholesky_ex(centered, upper=True)
     # The LU inverse where M is not numerically positive definite (an epsilon far below the
     # default, in float32), as the authors' code would use. Cholesky's inverse is exactly
     # symmetric (LAPACK computes one triangle, torch mirrors it) and column-major: its
     # transpose is the same matrix, row-major, for the products that follow.
-    inverse = torch.linalg.inv(centered) if _failed(info) else torch.cholesky_inverse(factor).mT
+    inverse = (
+        torch.linalg.inv(centered)
+        if _failed(info)
+        else torch.cholesky_inverse(factor, upper=True).mT
+    )
     torch.add(torch.eye(m, dtype=out.dtype, device=out.device), inverse, alpha=-c, out=out)
     return inverse
 
