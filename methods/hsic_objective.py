@@ -5,7 +5,7 @@ Ma, Lewis & Kleijn 2020 (arXiv 1908.01580), Eq. 6: layer ``i`` minimises
 2005, Eq. 4). :mod:`methods.hsic_estimators` computes each term with autograd, one layer and one
 term at a time; this module computes the same values for all layers at once, with a written-out
 backward pass: on the small networks of the benchmark the LU solves and the number of small
-operations, not the FLOPs, were the cost (docs/performance.md, "HSIC, round 3").
+operations, not the FLOPs, were the cost (docs/performance.md, "HSIC, round 3" and "round 4").
 
 **The symmetric form of the normalised estimator.** The authors' code computes
 ``R = K H (K H + c I)^-1`` (``H = I - 1 1^T / m``, ``c = epsilon m``) and
@@ -14,7 +14,7 @@ operations, not the FLOPs, were the cost (docs/performance.md, "HSIC, round 3").
 ``S = K_c M^-1 = I - c M^-1``: the same value, where ``M`` is symmetric positive definite and
 is inverted by a Cholesky factorisation (one batched call for ``X`` and every layer) instead of
 one LU solve per kernel and term. ``Y``'s ``S`` (one-hot labels: ``K_c`` of rank at most the
-number of classes) needs only a ``classes x classes`` inverse (:func:`_label_form`). The
+number of classes) has a closed form in the class counts (:func:`_label_form`). The
 backward pass of ``sum(S * T)``, ``T = S_X - beta S_Y``, with respect to ``K_c`` is
 ``c M^-1 T M^-1`` (``M^-1`` is kept from the forward pass), then ``H . H`` (the centring's own
 adjoint; in exact arithmetic it changes nothing, but in float32 it removes errors that
@@ -54,14 +54,14 @@ class ObjectiveOptions(NamedTuple):
     epsilon: float
 
 
-def gaussian_kernel_(a: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+def _kernel_exponent(a: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
     """``-scale ||a_i - a_j||^2`` ``(m, m)`` of ``a`` ``(m, d)`` into ``out``, without autograd.
 
     The exponent of :func:`methods.hsic_estimators.gaussian_kernel` with
     ``scale = 1 / (2 sigma^2 d)``: the squared distances ``sq_i + sq_j - 2 a_i . a_j`` with the
     scale in the product's own factors (one fused product-and-sum, no pass to scale). The caller
-    clamps at 0 from above (a distance that rounds below zero) and exponentiates, for all
-    kernels at once. Not differentiable: for :class:`_LayerObjectives`.
+    clamps it at 0 from above (where a squared distance rounds below zero) and exponentiates,
+    all kernels at once.
     """
     sq = a.square().sum(dim=1)
     return torch.addmm(sq.unsqueeze(1) + sq, a, a.T, beta=-scale, alpha=2.0 * scale, out=out)
@@ -91,9 +91,11 @@ def _center_general(g: torch.Tensor) -> torch.Tensor:
 
 
 def _failed(info: torch.Tensor) -> bool:
-    """Whether any factorisation of ``cholesky_ex``'s ``info`` failed (one conversion)."""
-    values = info.tolist()
-    return any(values) if isinstance(values, list) else bool(values)
+    """Whether any factorisation of a batched ``cholesky_ex``'s ``info`` ``(n,)`` failed.
+
+    One conversion to a list (``bool(info.any())`` costs an ``any`` and a cast first).
+    """
+    return any(info.tolist())
 
 
 def _prepare(
@@ -186,7 +188,7 @@ class _LayerObjectives(torch.autograd.Function):
         layers, m = len(zs), len(x)
         kernels = x.new_empty(layers + 1, m, m)
         for a, scale, out in zip((*zs, x), (*scales[2:], scales[0]), kernels, strict=True):
-            gaussian_kernel_(a, scale, out)
+            _kernel_exponent(a, scale, out)
         kernels.clamp_max_(0.0).exp_()
         # The symmetric forms in the order Z_1 .. Z_L, X, Y: the layers' and the two targets'
         # are then two contiguous blocks of one buffer.
