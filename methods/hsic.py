@@ -55,8 +55,12 @@ class HSICBottleneck(Method):
     * Optimisers: Adam (hidden lr 1e-3, format lr 1e-2) instead of their SGD (hidden 1e-4,
       format 0.005): with the few steps per epoch of our datasets SGD barely trained
       (``conf/method/hsic.yaml``).
-    * Per-layer optimisers keep their state across steps; theirs are rebuilt every step, losing
-      momentum (a pitfall, reproducible with ``rebuild_optimizers_each_step=true``).
+    * One optimiser, with one parameter group, for all hidden layers (theirs: one per layer, all
+      with the same settings): the optimisers of ``torch.optim`` (but L-BFGS, which needs a
+      closure) update each parameter from its own gradient and state only, so this is the same
+      update, bit for bit, at one optimiser step's Python cost instead of one per layer.
+    * The optimiser keeps its state across steps; theirs are rebuilt every step, losing momentum
+      (a pitfall, reproducible with ``rebuild_optimizers_each_step=true``).
     * All layers' updates come from one forward pass of the batch (theirs re-runs the forward
       pass after each layer's step), as for the other layer-local rules, at one pass's cost.
     * nHSIC is computed in an equivalent symmetric form, ``tr(S_A S_B)`` with
@@ -73,7 +77,7 @@ class HSICBottleneck(Method):
         model: an :class:`~methods.networks.MLP` or :class:`~methods.networks.CNN`; its output
             layer is the format layer.
         loss: must be :class:`~methods.losses.CrossEntropy` (``Y`` is one-hot).
-        optimizer: config of each hidden layer's optimiser (one per layer).
+        optimizer: config of the hidden layers' optimiser (one for all hidden layers).
         format_optimizer: config of the format layer's optimiser.
         beta: ``beta`` of Eq. 6 (> 0; the paper's MNIST MLP uses 50).
         sigma: kernel scale (> 0; the paper's 5), width ``sigma * sqrt(features)``.
@@ -83,7 +87,7 @@ class HSICBottleneck(Method):
         format_fraction: fraction of the epoch budget given to the format phase, in (0, 1);
             at least one epoch of each phase when the budget has two or more epochs.
         rebuild_optimizers_each_step: reproduce the authors' code, which creates a fresh
-            optimiser for every layer step (optimiser state such as momentum is lost).
+            optimiser for every step (optimiser state such as momentum is lost).
 
     Raises:
         MethodConfigError: for a model that is neither an MLP nor a CNN, a non-classification
@@ -125,9 +129,9 @@ class HSICBottleneck(Method):
         self.optimizer_config = dict(optimizer)
         hidden = model.layers[:-1]
         self.hidden_parameters = [p for layer in hidden for p in layer.parameters()]
-        self.layer_optimizers = [
-            make_optimizer(layer.parameters(), optimizer, "method.optimizer") for layer in hidden
-        ]
+        self.hidden_optimizer = make_optimizer(
+            self.hidden_parameters, optimizer, "method.optimizer"
+        )
         self.format_optimizer = make_optimizer(
             model.layers[-1].parameters(), format_optimizer, "method.format_optimizer"
         )
@@ -204,11 +208,12 @@ class HSICBottleneck(Method):
         objective, hsic = estimates
         if not formatting:
             # One backward pass for all layers: each layer's objective depends on its own
-            # parameters only (detached inputs), so the sum's gradient with respect to them is
-            # that objective's, computed with the same operations.
-            params = self.hidden_parameters
-            for param, grad in zip(params, torch.autograd.grad(objective.sum(), params)):
-                param.grad = grad
+            # parameters only (detached inputs), so the gradient of their sum (a weight of 1
+            # each) with respect to them is that objective's, computed with the same
+            # operations. The .grad are None (zero_grad): backward stores the gradients.
+            torch.autograd.backward(
+                objective, torch.ones_like(objective), inputs=self.hidden_parameters
+            )
         with torch.no_grad():
             self._vote(features.argmax(dim=1), y)
         head = self.model.layers[-1]
@@ -232,21 +237,19 @@ class HSICBottleneck(Method):
         )
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        """The per-layer optimisers of the HSIC phase and the format layer's optimiser."""
-        return [*self.layer_optimizers, self.format_optimizer]
+        """The hidden layers' optimiser (HSIC phase) and the format layer's optimiser."""
+        return [self.hidden_optimizer, self.format_optimizer]
 
     def apply_update(self) -> None:
-        """Step the per-layer optimisers (HSIC phase) or the format optimiser (format phase)."""
+        """Step the hidden layers' optimiser (HSIC phase) or the format one (format phase)."""
         if self.formatting:
             self.format_optimizer.step()
             return
         if self.rebuild_optimizers_each_step:
-            self.layer_optimizers = [
-                make_optimizer(layer.parameters(), self.optimizer_config, "method.optimizer")
-                for layer in self.model.layers[:-1]
-            ]
-        for optimizer in self.layer_optimizers:
-            optimizer.step()
+            self.hidden_optimizer = make_optimizer(
+                self.hidden_parameters, self.optimizer_config, "method.optimizer"
+            )
+        self.hidden_optimizer.step()
 
     def epoch_metrics(self) -> dict[str, float]:
         """Epoch metrics of the HSIC network.

@@ -5,7 +5,7 @@ Ma, Lewis & Kleijn 2020 (arXiv 1908.01580), Eq. 6: layer ``i`` minimises
 2005, Eq. 4). :mod:`methods.hsic_estimators` computes each term with autograd, one layer and one
 term at a time; this module computes the same values for all layers at once, with a written-out
 backward pass: on the small networks of the benchmark the LU solves and the number of small
-operations, not the FLOPs, were the cost (docs/performance.md, "HSIC, round 3").
+operations, not the FLOPs, were the cost (docs/performance.md, "HSIC, round 3" and "round 4").
 
 **The symmetric form of the normalised estimator.** The authors' code computes
 ``R = K H (K H + c I)^-1`` (``H = I - 1 1^T / m``, ``c = epsilon m``) and
@@ -14,7 +14,7 @@ operations, not the FLOPs, were the cost (docs/performance.md, "HSIC, round 3").
 ``S = K_c M^-1 = I - c M^-1``: the same value, where ``M`` is symmetric positive definite and
 is inverted by a Cholesky factorisation (one batched call for ``X`` and every layer) instead of
 one LU solve per kernel and term. ``Y``'s ``S`` (one-hot labels: ``K_c`` of rank at most the
-number of classes) needs only a ``classes x classes`` inverse (:func:`_label_form`). The
+number of classes) has a closed form in the class counts (:func:`_label_form`). The
 backward pass of ``sum(S * T)``, ``T = S_X - beta S_Y``, with respect to ``K_c`` is
 ``c M^-1 T M^-1`` (``M^-1`` is kept from the forward pass), then ``H . H`` (the centring's own
 adjoint; in exact arithmetic it changes nothing, but in float32 it removes errors that
@@ -54,43 +54,54 @@ class ObjectiveOptions(NamedTuple):
     epsilon: float
 
 
-def gaussian_kernel_(a: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-    """``exp(-scale ||a_i - a_j||^2)`` ``(m, m)`` of ``a`` ``(m, d)``, without autograd.
+def _kernel_exponent(a: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+    """``-scale ||a_i - a_j||^2`` ``(m, m)`` of ``a`` ``(m, d)`` into ``out``, without autograd.
 
-    The value of :func:`methods.hsic_estimators.gaussian_kernel` with
-    ``scale = 1 / (2 sigma^2 d)``, with one fused product-and-sum for the squared distances
-    (clamped at 0) and the rest in place. Not differentiable: for :class:`_LayerObjectives`.
+    The exponent of :func:`methods.hsic_estimators.gaussian_kernel` with
+    ``scale = 1 / (2 sigma^2 d)``: the squared distances ``sq_i + sq_j - 2 a_i . a_j`` with the
+    scale in the product's own factors (one fused product-and-sum, no pass to scale). The caller
+    clamps it at 0 from above (where a squared distance rounds below zero) and exponentiates,
+    all kernels at once.
     """
     sq = a.square().sum(dim=1)
-    distances = torch.addmm(sq.unsqueeze(1) + sq, a, a.T, alpha=-2.0)
-    return distances.clamp_min_(0.0).mul_(-scale).exp_()
+    return torch.addmm(sq.unsqueeze(1) + sq, a, a.T, beta=-scale, alpha=2.0 * scale, out=out)
 
 
 def _center(k: torch.Tensor) -> torch.Tensor:
     """``H K H`` of each symmetric ``(m, m)`` matrix of ``k`` ``(n, m, m)``.
 
-    For symmetric ``K`` with row means ``r`` and mean ``mu``,
-    ``(H K H)_ij = K_ij - (r_i - mu / 2) - (r_j - mu / 2)``.
+    For symmetric ``K`` with row sums ``r`` and total ``t``,
+    ``(H K H)_ij = K_ij - (u_i + u_j) / m`` with ``u = r - t / (2 m)``.
     """
-    rows = k.mean(dim=2)
-    u = rows.sub_(rows.mean(dim=1, keepdim=True).mul_(0.5))
-    return k - (u.unsqueeze(2) + u.unsqueeze(1))
+    m = k.shape[-1]
+    rows = k.sum(dim=2)
+    u = torch.sub(rows, rows.sum(dim=1, keepdim=True), alpha=0.5 / m)
+    return torch.sub(k, u.unsqueeze(2) + u.unsqueeze(1), alpha=1.0 / m)
 
 
 def _center_general(g: torch.Tensor) -> torch.Tensor:
-    """``H G H`` of each ``(m, m)`` matrix of ``g`` ``(n, m, m)`` (not assumed symmetric)."""
-    return (
-        g
-        - g.mean(dim=2, keepdim=True)
-        - g.mean(dim=1, keepdim=True)
-        + g.mean(dim=(1, 2), keepdim=True)
-    )
+    """``H G H`` of each ``(m, m)`` matrix of ``g`` ``(n, m, m)`` (not assumed symmetric).
+
+    ``G_ij - (r_i + c_j - t / m) / m`` with row sums ``r``, column sums ``c`` and total ``t``.
+    """
+    m = g.shape[-1]
+    rows = g.sum(dim=2, keepdim=True)
+    rows = torch.sub(rows, rows.sum(dim=1, keepdim=True), alpha=1.0 / m)
+    return torch.sub(g, rows + g.sum(dim=1, keepdim=True), alpha=1.0 / m)
+
+
+def _failed(info: torch.Tensor) -> bool:
+    """Whether any factorisation of a batched ``cholesky_ex``'s ``info`` ``(n,)`` failed.
+
+    One conversion to a list (``bool(info.any())`` costs an ``any`` and a cast first).
+    """
+    return any(info.tolist())
 
 
 def _prepare(
-    kernels: torch.Tensor, options: ObjectiveOptions
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each kernel's symmetric form ``P`` ``(n, m, m)`` and, for ``normalized``, ``M^-1``.
+    kernels: torch.Tensor, options: ObjectiveOptions, out: torch.Tensor
+) -> torch.Tensor | None:
+    """Each kernel's symmetric form ``P`` into ``out`` ``(n, m, m)``; for ``normalized``, ``M^-1``.
 
     ``normalized``: ``P = S = I - c M^-1``, ``M = H K H + c I``; ``biased``:
     ``P = H K H / (m - 1)`` (divisor 1 for ``m = 1``), so that the estimate of a pair is
@@ -99,86 +110,104 @@ def _prepare(
     m = kernels.shape[-1]
     centered = _center(kernels)
     if options.estimator == "biased":
-        return centered.div_(max(m - 1, 1)), None
+        torch.div(centered, max(m - 1, 1), out=out)
+        return None
     c = options.epsilon * m
     centered.diagonal(dim1=1, dim2=2).add_(c)
-    factor, info = torch.linalg.cholesky_ex(centered)
-    # Not numerically positive definite (an epsilon far below the default, in float32): the
-    # LU inverse, as the authors' code would use.
-    failed = bool(info.any())
-    inverse = torch.linalg.inv(centered) if failed else torch.cholesky_inverse(factor)
-    projection = inverse.mul(-c)
-    projection.diagonal(dim1=1, dim2=2).add_(1.0)
-    return projection, inverse
+    # The upper factor (M = U^T U): MKL's upper-triangle Cholesky and inverse of torch's
+    # column-major copy run about a quarter faster than the lower ones at m = 100.
+    factor, info = torch.linalg.cholesky_ex(centered, upper=True)
+    # The LU inverse where M is not numerically positive definite (an epsilon far below the
+    # default, in float32), as the authors' code would use. Cholesky's inverse is exactly
+    # symmetric (LAPACK computes one triangle, torch mirrors it) and column-major: its
+    # transpose is the same matrix, row-major, for the products that follow.
+    inverse = (
+        torch.linalg.inv(centered)
+        if _failed(info)
+        else torch.cholesky_inverse(factor, upper=True).mT
+    )
+    torch.add(torch.eye(m, dtype=out.dtype, device=out.device), inverse, alpha=-c, out=out)
+    return inverse
 
 
 def _label_form(
-    onehot: torch.Tensor, scale: float | torch.Tensor, options: ObjectiveOptions
+    onehot: torch.Tensor, scale: float, options: ObjectiveOptions, out: torch.Tensor
 ) -> torch.Tensor:
-    """``P`` of :func:`_prepare` ``(m, m)`` of the Gaussian kernel of one-hot labels, closed form.
+    """``P`` of :func:`_prepare` ``(m, m)`` of the one-hot labels' Gaussian kernel, into ``out``.
 
     Two one-hot rows are at squared distance 0 or 2, so with ``a = exp(-2 scale)`` the kernel is
     ``a 1 1^T + (1 - a) Y Y^T`` and ``H K H = (1 - a) Y_c Y_c^T`` with ``Y_c = H Y``
     ``(m, classes)``: of rank at most ``classes``. Then (push-through identity)
     ``S = H K H (H K H + c I)^-1 = Y_c G Y_c^T`` with the ``(classes, classes)``
-    ``G = (1 - a) ((1 - a) Y_c^T Y_c + c I)^-1``, instead of an ``(m, m)`` inverse; biased:
-    ``G = (1 - a) / (m - 1) I``. ``1 - a`` is computed as ``-expm1(-2 scale)``, more accurate
-    than from the kernel's entries near 1 (the autograd path's rounding).
+    ``G = (Y_c^T Y_c + r I)^-1``, ``r = c / (1 - a)``; biased: ``G = (1 - a) / (m - 1) I``.
+    ``1 - a`` is computed as ``-expm1(-2 scale)``, more accurate than from the kernel's entries
+    near 1 (the autograd path's rounding).
+
+    ``G`` in closed form, without a factorisation: with the class counts ``n``,
+    ``Y_c^T Y_c = diag(n) - n n^T / m``, and by the Sherman-Morrison formula, with
+    ``D = diag(1 / (n + r))``, ``G = D + D n n^T D / (m - n^T D n)``; since ``Y_c D n = -r Y_c D 1``
+    and ``m - n^T D n = r n^T D 1``, ``S = Y_c D Y_c^T + r u u^T / (n^T D 1)`` with
+    ``u = Y_c D 1``: no cancellation, and defined for any ``r > 0``.
     """
-    m, classes = onehot.shape
-    spread = -(
-        math.expm1(-2.0 * scale) if isinstance(scale, float | int) else torch.expm1(-2.0 * scale)
-    )
-    centered = onehot - onehot.mean(dim=0, keepdim=True)
+    m = onehot.shape[0]
+    spread = -math.expm1(-2.0 * scale)
+    counts = onehot.sum(dim=0)
+    centered = torch.sub(onehot, counts, alpha=1.0 / m)
     if options.estimator == "biased":
-        return (centered * (spread / max(m - 1, 1))) @ centered.T
-    gram = centered.T @ centered
-    gram.mul_(spread).diagonal().add_(options.epsilon * m)
-    factor, info = torch.linalg.cholesky_ex(gram)
-    inverse = torch.linalg.inv(gram) if bool(info.any()) else torch.cholesky_inverse(factor)
-    return (centered @ inverse.mul_(spread)) @ centered.T
+        return torch.mm(centered * (spread / max(m - 1, 1)), centered.T, out=out)
+    ridge = options.epsilon * m / spread
+    inverse = counts.add(ridge).reciprocal_()
+    projection = torch.mm(centered * inverse, centered.T, out=out)
+    u = centered @ inverse
+    return projection.addr_(u, u / counts.dot(inverse), alpha=ridge)
 
 
-def _distance_backward(grad_distance: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Gradient ``(m, width)`` of ``sum(G * D)`` with respect to ``z`` ``(m, width)``.
+def _distance_backward(grad_distance: torch.Tensor, z: torch.Tensor, factor: float) -> torch.Tensor:
+    """Gradient ``(m, width)`` of ``factor * sum(G * D)`` with respect to ``z`` ``(m, width)``.
 
     ``G = grad_distance`` ``(m, m)`` is symmetric (to rounding: it is in exact arithmetic);
     ``D`` are the squared distances of the rows of ``z``, ``D = sq_i + sq_j - 2 z_i . z_j``, so
     ``dz = 2 (rowsum(G + G^T) z - (G + G^T) z) = 4 (rowsum(G) z - G z)``.
     """
     weighted = grad_distance.sum(dim=1, keepdim=True) * z
-    return torch.addmm(weighted, grad_distance, z, alpha=-1.0).mul_(4.0)
+    return torch.addmm(weighted, grad_distance, z, beta=4.0 * factor, alpha=-4.0 * factor)
 
 
 class _LayerObjectives(torch.autograd.Function):
     """Every layer's objective ``(layers,)`` and ``HSIC(Z_i, X), HSIC(Z_i, Y)`` ``(layers, 2)``.
 
-    Only the objective is differentiable, with respect to the ``Z_i`` only.
+    Only the objective is differentiable, with respect to the ``Z_i`` only. The kernel scales
+    are numbers.
     """
 
     @staticmethod
     def forward(ctx, options, scales, x, onehot, *zs):  # noqa: D102 (see the class)
-        # Per layer, not batched: stacking the layers' outputs costs a copy, and the official
-        # shape (6 layers of 1024 units, batch 256) ran 7% slower batched.
-        kernels = torch.stack(
-            [gaussian_kernel_(a, s) for a, s in zip((x, *zs), (scales[0], *scales[2:]))]
-        )
-        layer_kernels = kernels[1:]
-        prepared, inverse = _prepare(kernels, options)
-        targets = torch.stack([prepared[0], _label_form(onehot, scales[1], options)])
-        estimates = torch.mm(prepared[1:].flatten(1), targets.flatten(1).T)  # (layers, 2)
+        # The layers' kernels, then X's, in one buffer for the batched centring, Cholesky and
+        # inverse. Per layer, not batched over layers: stacking the layers' outputs costs a
+        # copy, and the official shape (6 layers of 1024 units, batch 256) ran 7% slower.
+        layers, m = len(zs), len(x)
+        kernels = x.new_empty(layers + 1, m, m)
+        for a, scale, out in zip((*zs, x), (*scales[2:], scales[0]), kernels, strict=True):
+            _kernel_exponent(a, scale, out)
+        kernels.clamp_max_(0.0).exp_()
+        # The symmetric forms in the order Z_1 .. Z_L, X, Y: the layers' and the two targets'
+        # are then two contiguous blocks of one buffer.
+        forms = x.new_empty(layers + 2, m, m)
+        inverse = _prepare(kernels, options, forms[:-1])
+        _label_form(onehot, scales[1], options, forms[-1])
+        estimates = torch.mm(forms[:layers].flatten(1), forms[layers:].flatten(1).T)
         objective = torch.sub(estimates[:, 0], estimates[:, 1], alpha=options.beta)
         ctx.mark_non_differentiable(estimates)
         ctx.set_materialize_grads(False)
         if any(ctx.needs_input_grad[4:]):
-            target = torch.sub(targets[0], targets[1], alpha=options.beta)
+            target = torch.sub(forms[layers], forms[layers + 1], alpha=options.beta)
             ctx.options, ctx.scales = options, scales[2:]
-            layer_inverse = inverse[1:] if inverse is not None else None
+            layer_inverse = inverse[:layers] if inverse is not None else None
             # Kept on ctx, not by save_for_backward (which autograd frees after one backward
             # pass): each layer's objective can then be differentiated on its own, one
             # autograd.grad call after the other, as with one graph per layer. None of these
             # is an output, so this makes no reference cycle.
-            ctx.saved = (target, layer_kernels, layer_inverse, [z.detach() for z in zs])
+            ctx.saved = (target, kernels[:layers], layer_inverse, [z.detach() for z in zs])
         return objective, estimates
 
     @staticmethod
@@ -196,13 +225,14 @@ class _LayerObjectives(torch.autograd.Function):
             # d sum((I - c M^-1) * T) / d M = c M^-1 T M^-1 (M^-1 and T symmetric)
             grad_centered = torch.matmul(torch.matmul(inverse, target), inverse)
             coefficient = options.epsilon * m
-        # K = exp(-scale D): dD = -scale K * dK; the constant factors and the incoming
-        # gradients are applied together, in one pass.
+        # K = exp(-scale D): dD = -scale K * dK. The constant factors and the incoming
+        # gradients (numbers, one conversion) enter the last product's own factors.
         grad_distance = _center_general(grad_centered).mul_(layer_kernels)
-        factors = grad_objective.view(-1, 1, 1) * -coefficient
         grads = [
-            _distance_backward(g.mul_(factor * scale), z)
-            for g, factor, scale, z in zip(grad_distance, factors, ctx.scales, zs, strict=True)
+            _distance_backward(g, z, -coefficient * weight * scale)
+            for g, z, weight, scale in zip(
+                grad_distance, zs, grad_objective.tolist(), ctx.scales, strict=True
+            )
         ]
         return (None, None, None, None, *grads)
 
@@ -222,7 +252,8 @@ def layer_objectives(
             row must be one-hot (its kernel is used in closed form).
         zs: each hidden layer's output ``Z_i`` ``(m, width_i)``, the gradient's only inputs.
         scales: ``1 / (2 sigma^2 d)`` of each kernel, in the order ``x``, ``onehot``, ``zs``
-            (``sigma`` a number, or the detached 0-d tensor of the median heuristic).
+            (``sigma`` a number, or the detached 0-d tensor of the median heuristic: such
+            tensors are read as numbers, all in one conversion).
         options: the estimator and its constants.
 
     Returns:
@@ -238,4 +269,11 @@ def layer_objectives(
     rows = {len(a) for a in (x, onehot, *zs)}
     if len(rows) != 1:
         raise ValueError(f"x, y and the layer outputs need the same number of rows, got {rows}")
-    return _LayerObjectives.apply(options, tuple(scales), x, onehot, *zs)
+    return _LayerObjectives.apply(options, _numbers(scales), x, onehot, *zs)
+
+
+def _numbers(scales: Sequence[float | torch.Tensor]) -> tuple[float, ...]:
+    """``scales`` as Python floats; the 0-d tensors among them read in one conversion."""
+    tensors = [s.detach() for s in scales if isinstance(s, torch.Tensor)]
+    read = iter(torch.stack(tensors).tolist() if tensors else ())
+    return tuple(next(read) if isinstance(s, torch.Tensor) else float(s) for s in scales)

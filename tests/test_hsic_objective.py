@@ -101,8 +101,8 @@ def test_failed_cholesky_falls_back_to_the_lu_inverse(monkeypatch):
     expected = rows(layer_objectives(x, onehot, zs, scales, options))
     cholesky = torch.linalg.cholesky_ex
 
-    def failing(matrix):
-        factor, info = cholesky(matrix)
+    def failing(matrix, **options):
+        factor, info = cholesky(matrix, **options)
         return factor, torch.ones_like(info)
 
     monkeypatch.setattr(torch.linalg, "cholesky_ex", failing)

@@ -26,13 +26,19 @@ def lrs(method):
         ("backprop", {"optimizer": ADAM}, 1),
         ("dtp", {"forward_optimizer": ADAM, "feedback_optimizer": ADAM}, 2),
         ("dni", {"optimizer": ADAM, "synthetic_optimizer": ADAM}, 2),
-        ("hsic", {"optimizer": ADAM, "format_optimizer": ADAM}, 3),  # 2 hidden layers + format
+        ("hsic", {"optimizer": ADAM, "format_optimizer": ADAM}, 2),  # hidden layers + format
     ],
 )
 def test_step_schedule_halves_every_optimiser_of_a_method(name, options, count):
-    method = build_method(name, MLP(4, [8, 8], 3), CrossEntropy(), options)
+    model = MLP(4, [8, 8], 3)
+    method = build_method(name, model, CrossEntropy(), options)
     schedulers = make_schedulers(method.optimizers(), "step", epochs=10, step_epochs=3)
     assert len(method.optimizers()) == count and len(schedulers) == count
+    # Every weight of the model is in exactly one scheduled optimiser: none trains unscheduled.
+    scheduled = [
+        id(p) for opt in method.optimizers() for g in opt.param_groups for p in g["params"]
+    ]
+    assert all(scheduled.count(id(p)) == 1 for p in model.parameters())
     for epoch in range(1, 8):
         for opt in method.optimizers():
             opt.step()  # no gradients: only lets the scheduler follow the usual order
