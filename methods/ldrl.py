@@ -104,6 +104,8 @@ class LocalDifferenceReconstructionLoss(DifferenceTargetPropagation):
 
     requires_noise = True
     noise_reason = "with sigma = 0 the L-DRL loss is identically 0"
+    # Its feedback optimiser steps feedback_iterations times per batch, apart from the forward's.
+    can_share_optimizer = False
 
     def __init__(
         self,

@@ -80,8 +80,9 @@ def linear_grads(
     weight = bias = None
     for grad, u in zip(grads, inputs, strict=True):
         dw, db = grad.t().mm(u), grad.sum(0)
-        weight = dw if weight is None else weight + dw
-        bias = db if bias is None else bias + db
+        # In place on the fresh first term: the same sum without one more (m, n) tensor.
+        weight = dw if weight is None else weight.add_(dw)
+        bias = db if bias is None else bias.add_(db)
     return weight, bias
 
 

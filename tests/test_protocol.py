@@ -14,6 +14,7 @@ from methods.losses import CrossEntropy
 from methods.networks import MLP
 
 ADAM = {"_target_": "torch.optim.Adam", "lr": 0.01}
+SGD = {"_target_": "torch.optim.SGD", "lr": 0.01}
 
 
 def lrs(method):
@@ -24,7 +25,8 @@ def lrs(method):
     ("name", "options", "count"),
     [
         ("backprop", {"optimizer": ADAM}, 1),
-        ("dtp", {"forward_optimizer": ADAM, "feedback_optimizer": ADAM}, 2),
+        ("dtp", {"forward_optimizer": ADAM, "feedback_optimizer": ADAM}, 1),  # shared by both
+        ("dtp", {"forward_optimizer": ADAM, "feedback_optimizer": SGD}, 2),
         ("dni", {"optimizer": ADAM, "synthetic_optimizer": ADAM}, 2),
         ("hsic", {"optimizer": ADAM, "format_optimizer": ADAM}, 2),  # hidden layers + format
     ],

@@ -107,7 +107,8 @@ def test_top_target_layer_defaults():
     lee = make("drl", model, top_target_layer="last_hidden")
     assert lee.top == 2
     assert make("dtp", model, top_target_layer="output").top == 3
-    assert dtp.optimizers() == [dtp.optimizer, dtp.feedback_optimizer]
+    # The same config for both: one optimiser holds the weights and the inverses.
+    assert dtp.optimizers() == [dtp.optimizer] and dtp.feedback_optimizer is None
     assert make("dtp", MLP(5, [6], 3)).optimizers()[1:] == []  # one hidden layer: no inverse
 
 
