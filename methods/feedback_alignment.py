@@ -50,7 +50,7 @@ from typing import Annotated, Any
 
 import torch
 
-from methods.autograd_kernels import activation_backward, has_closed_form
+from methods.autograd_kernels import activation_backward, has_closed_form, loss_and_output_grad
 from methods.base import Method, make_optimizer, register_method
 from methods.losses import Loss
 from methods.networks import CNN, MLP
@@ -189,30 +189,37 @@ class FeedbackAlignment(Method):
         activation = self.model.activation
         closed_form = has_closed_form(activation)
         h = [x.flatten(1)]
-        derivatives = []
+        hidden = []  # per hidden layer: (a, f(a)); a with a graph to f(a) without a closed form
         for k, layer in enumerate(layers, start=1):
             with torch.no_grad():  # the updates are built by hand: no graph to the weights
                 a = layer(h[-1])
-            if k < len(layers):
-                if closed_form:
-                    # f'(a) by the kernel autograd runs for d(sum f(a))/da, read from f(a):
-                    # the same values without a graph and an engine call per layer.
-                    with torch.no_grad():
-                        out = activation(a)
-                    derivative = activation_backward(activation, torch.ones_like(out), out)
-                else:
-                    a.requires_grad_(True)
+            if k == len(layers):
+                logits = a
+                break
+            if closed_form:
+                with torch.no_grad():
                     out = activation(a)
-                    (derivative,) = torch.autograd.grad(out.sum(), a)
-                derivatives.append(derivative)
-                h.append(out.detach())
             else:
-                logits = a.requires_grad_(True)
-        loss = self.loss(logits, y)
-        (e,) = torch.autograd.grad(loss, logits)
+                out = activation(a.requires_grad_(True))
+            hidden.append((a, out))
+            h.append(out.detach())
+        written_out = loss_and_output_grad(self.loss, logits, y)
+        if written_out is None:
+            logits.requires_grad_(True)
+            loss = self.loss(logits, y)
+            (e,) = torch.autograd.grad(loss, logits)
+        else:
+            loss, e = written_out
         deltas = [e]
         for k in range(len(layers) - 1, 0, -1):
-            deltas.insert(0, self.backward_error(k, deltas[0], e) * derivatives[k - 1])
+            # delta_k = error * f'(a_k), by the kernel autograd runs for f's backward (from
+            # f(a_k)), so that symmetric feedback gives backprop's values bit for bit.
+            error = self.backward_error(k, deltas[0], e)
+            a, out = hidden[k - 1]
+            if closed_form:
+                deltas.insert(0, activation_backward(activation, error, out))
+            else:
+                deltas.insert(0, torch.autograd.grad(out, a, error)[0])
         grads = []
         for delta, h_in in zip(deltas, h):
             grads += [delta.T @ h_in, delta.sum(dim=0)]

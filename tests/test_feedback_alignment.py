@@ -16,16 +16,22 @@ from methods.networks import MLP
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05}
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu", "identity"])
-def test_fa_with_symmetric_feedback_is_backprop(activation):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "identity"])
+def test_fa_with_symmetric_feedback_is_backprop_bit_for_bit(activation, dtype):
+    """FA's step runs autograd's own kernels (activation backward from the output, the loss's
+    output gradient, the same products), so with B = W it is backprop exactly."""
     torch.manual_seed(0)
-    model = MLP(5, [7, 6, 4], 3, activation=activation).double()
+    model = MLP(5, [7, 6, 4], 3, activation=activation).to(dtype)
     method = build_method("fa", model, CrossEntropy(), {"optimizer": SGD, "feedback": "symmetric"})
-    x, y = torch.randn(9, 5, dtype=torch.float64), torch.randint(0, 3, (9,))
+    x, y = torch.randn(9, 5, dtype=dtype), torch.randint(0, 3, (9,))
+    x[0, :] = 0.0  # dead ReLU units, zero errors: signed zeros must match too
     expected = torch.autograd.grad(CrossEntropy()(model(x), y), list(model.parameters()))
     method.compute_update(x, y)
-    for param, grad in zip(model.parameters(), expected):
-        torch.testing.assert_close(param.grad, grad, rtol=1e-12, atol=1e-15)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    for param, grad in zip(model.parameters(), expected, strict=True):
+        assert torch.equal(param.grad.view(bits), grad.view(bits))  # bit patterns, -0 included
+        assert param.grad.stride() == grad.stride()
 
 
 def test_output_layer_update_is_backprop_for_both():
