@@ -62,9 +62,13 @@ FEEDBACK = ("random", "symmetric")
 class _FeedbackAffine(torch.autograd.Function):
     """A CNN layer's affine map ``a = W h + b`` whose input gradient uses ``B`` in place of ``W``.
 
-    ``apply(h, W, b, B, layer)``: forward ``layer.pre(h)``; backward ``layer.affine_backward``
-    with ``B``: ``(dh, dW, db)`` with ``dh`` the transposed map of ``B`` (FA's error to the
-    layer below, Lillicrap et al. 2016) and ``dW``, ``db`` the exact local gradients.
+    ``apply(h, W, b, B, layer)``: forward ``layer.pre(h)``, ``(batch, C_out, H', W')`` for a
+    conv block (``h`` ``(batch, C_in, H, W)``, ``W`` and ``B`` ``(C_out, C_in, k, k)``) or
+    ``(batch, out)`` for a linear layer (``h`` ``(batch, *shape)``, ``W`` and ``B``
+    ``(out, prod(shape))``); ``b`` ``(C_out,)`` or ``(out,)``. Backward:
+    ``layer.affine_backward`` with ``B``, i.e. ``(dh, dW, db)`` shaped like ``(h, W, b)``, with
+    ``dh`` the transposed map of ``B`` (FA's error to the layer below, Lillicrap et al. 2016)
+    and ``dW``, ``db`` the exact local gradients. ``layer`` is not differentiated.
     """
 
     @staticmethod

@@ -72,6 +72,20 @@ def test_a_refused_configuration_is_skipped_with_its_reason():
     assert fp.fingerprint(config) == "skipped: method=bptt needs model=rnn"
 
 
+def test_a_constructor_bug_is_an_error_not_a_skip(monkeypatch):
+    """Only the method's own refusal (MethodConfigError) is a skip; any other exception while
+    building is recorded as an error, so that a run with --out alone reports it."""
+    (config,) = configs(["fa mlp relu ce float32"])
+
+    def broken(config, data):
+        raise TypeError("unexpected keyword argument 'feedback_sead'")
+
+    monkeypatch.setattr(fp, "build", broken)
+    assert fp.fingerprint(config) == (
+        "error: TypeError: unexpected keyword argument 'feedback_sead'"
+    )
+
+
 def test_grid_covers_every_method_and_names_unknown_ones():
     names = {c.name for c in fp.grid()}
     assert len(names) == len(fp.grid())  # unique keys

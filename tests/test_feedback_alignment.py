@@ -59,6 +59,39 @@ def test_dfa_sends_the_output_error_directly():
     assert [tuple(d.shape) for d in method.feedback_weights] == [(3, 5), (3, 5)]
 
 
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+def test_fa_hidden_updates_follow_the_random_feedback_by_hand(activation):
+    """Lillicrap et al. 2016: delta_L = e, delta_l = (delta_{l+1} B_{l+1}) * f'(a_l),
+    dW_l = delta_l^T h_{l-1}, db_l = sum_n delta_l; written out with f' by hand, in float64."""
+    torch.manual_seed(3)
+    model = MLP(5, [7, 6], 3, activation=activation).double()
+    method = build_method("fa", model, CrossEntropy(), {"optimizer": SGD, "feedback_seed": 11})
+    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    derivative = {
+        "tanh": lambda h: 1 - h**2,
+        "sigmoid": lambda h: h * (1 - h),
+        "relu": lambda h: (h > 0).double(),
+    }[activation]
+    w1, w2, w3 = (layer.weight.detach() for layer in model.layers)
+    b1, b2, b3 = (layer.bias.detach() for layer in model.layers)
+    f = model.activation
+    h1 = f(x @ w1.T + b1)
+    h2 = f(h1 @ w2.T + b2)
+    logits = h2 @ w3.T + b3
+    e = (torch.softmax(logits, dim=1) - torch.nn.functional.one_hot(y, 3)) / len(y)
+    B2, B3 = method.feedback_weights
+    delta3 = e
+    delta2 = (delta3 @ B3) * derivative(h2)
+    delta1 = (delta2 @ B2) * derivative(h1)
+    method.compute_update(x, y)
+    expected = [delta1.T @ x, delta1.sum(0), delta2.T @ h1, delta2.sum(0), e.T @ h2, e.sum(0)]
+    for param, want in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(param.grad, want, rtol=1e-10, atol=1e-13)
+    # and not backprop's: W^T in place of B would give other hidden updates
+    true = torch.autograd.grad(CrossEntropy()(model(x), y), list(model.parameters()))
+    assert not torch.allclose(model.layers[0].weight.grad, true[0])
+
+
 def test_feedback_is_fixed_and_seeded():
     a = build_method(
         "fa", MLP(4, [5, 5], 3), CrossEntropy(), {"optimizer": SGD, "feedback_seed": 3}

@@ -282,8 +282,10 @@ def fingerprint(config: Config) -> str:
     """:func:`digest` of ``config`` trained, or ``skipped: <reason>`` / ``error: <exception>``."""
     try:
         method = build(config, dataset(config))
-    except (MethodConfigError, ValueError, TypeError) as refusal:
+    except MethodConfigError as refusal:  # the method's own refusal, with its reason
         return f"skipped: {_first_line(refusal)}"
+    except Exception as error:  # noqa: BLE001 - any other failure to build is a bug: an error
+        return f"error: {type(error).__name__}: {_first_line(error)}"
     try:
         return digest(train(config, method))
     except Exception as error:  # noqa: BLE001 - recorded and compared like a hash

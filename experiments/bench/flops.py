@@ -20,8 +20,10 @@ So a method's count divided by backprop's is a lower bound on the method's *work
 backprop's matrix-product work, and the ratio the time ratio tends to when both steps are
 dominated by matrix products (wide layers, large batches). It is not a bound on the time ratio:
 that falls below it when backprop's own step is mostly other work (small layers, the loop's
-bookkeeping, evaluation: on MNIST-1D's 256-wide MLP DNI's epoch takes about 16x backprop's
-against a floor of 41x), and above it when the method's uncounted work dominates.
+bookkeeping, evaluation: on MNIST-1D's 256-wide MLP DNI's epoch takes about 20x backprop's
+against a floor of 41x), and above it when the method's uncounted work dominates. It is per
+training step; the benchmark's time ratios are per epoch, which also evaluates the test split
+(on MNIST-1D about 3.5% of backprop's epoch FLOPs), so the epoch's own ratio is slightly lower.
 
 ``torch.utils.flop_counter.FlopCounterMode`` itself cannot be used: its module tracker registers
 backward hooks on the modules' inputs, which makes ``torch.autograd.grad`` (used by DTP, DRL,
